@@ -1,0 +1,339 @@
+//! Configuration shared by every service: environment variables (the seed's names), `.env`, CLI flags.
+//!
+//! Every setting is a clap argument with an `env` fallback, so `--help` lists them all and an invalid
+//! value is reported by clap with the setting's flag and its environment name (the `value_name` is
+//! the variable name), exiting with status 2. Secrets are [`Secret`]s: never shown by `Debug`,
+//! `Display` or `--help`, and never echoed in an error.
+
+use std::{fmt, path::Path, process, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, ValueEnum};
+use sqlx::mysql::MySqlConnectOptions;
+
+/// Exit status for bad configuration (clap uses the same one for usage errors).
+pub const CONFIG_EXIT_CODE: i32 = 2;
+
+/// A bad setting, found after clap parsed the command line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable name of the setting.
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        ConfigError {
+            setting,
+            reason: reason.into(),
+        }
+    }
+
+    /// Prints the error and exits with [`CONFIG_EXIT_CODE`].
+    pub fn exit(&self) -> ! {
+        eprintln!("error: {self}");
+        process::exit(CONFIG_EXIT_CODE)
+    }
+}
+
+/// Loads `.env` from the working directory when present, then parses the command line and
+/// environment into `T`. Exits with status 2 and a message naming the setting when that fails.
+pub fn load<T: Parser>() -> T {
+    load_dotenv(Path::new(".env"));
+    T::parse()
+}
+
+/// Loads a dotenv file if it exists. Variables already set in the environment win.
+pub fn load_dotenv(path: &Path) {
+    match dotenvy::from_path(path) {
+        Ok(()) => {}
+        Err(e) if e.not_found() => {}
+        Err(e) => ConfigError::new("(.env file)", format!("{}: {e}", path.display())).exit(),
+    }
+}
+
+/// A string that must never be shown: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret value, for the one place that must send it (a connection, an HTTP header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Parses durations such as `250ms`, `10s`, `5m`, `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 250ms, 10s, 5m)"))
+}
+
+/// Rejects empty and whitespace-only strings.
+pub fn non_empty(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(t.to_owned())
+    }
+}
+
+/// Where the MySQL database is. `DATABASE_URL`, when set, wins over the `MYSQL_*` settings.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "MySQL")]
+pub struct MySqlArgs {
+    /// Full connection URL (mysql://user:password@host:port/database); wins over MYSQL_* when set.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<Secret>,
+    /// MySQL host.
+    #[arg(long = "mysql-host", env = "MYSQL_HOST", value_name = "MYSQL_HOST", default_value = "127.0.0.1", value_parser = non_empty)]
+    pub host: String,
+    /// MySQL TCP port.
+    #[arg(long = "mysql-port", env = "MYSQL_PORT", value_name = "MYSQL_PORT", default_value_t = 3306, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// MySQL user.
+    #[arg(long = "mysql-user", env = "MYSQL_USER", value_name = "MYSQL_USER", default_value = "coinstream", value_parser = non_empty)]
+    pub user: String,
+    /// MySQL password.
+    #[arg(
+        long = "mysql-password",
+        env = "MYSQL_PASSWORD",
+        value_name = "MYSQL_PASSWORD",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub password: Secret,
+    /// MySQL database (schema) name.
+    #[arg(long = "mysql-database", env = "MYSQL_DATABASE", value_name = "MYSQL_DATABASE", default_value = "coinstream", value_parser = non_empty)]
+    pub database: String,
+    /// How long to keep retrying at start-up while MySQL is not reachable.
+    #[arg(id = "mysql_connect_timeout", long = "mysql-connect-timeout", env = "MYSQL_CONNECT_TIMEOUT", value_name = "MYSQL_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Connections in the pool.
+    #[arg(long = "mysql-pool-size", env = "MYSQL_POOL_SIZE", value_name = "MYSQL_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub pool_size: u32,
+}
+
+impl MySqlArgs {
+    /// Connection options; an unparsable `DATABASE_URL` is a [`ConfigError`] that does not echo it.
+    pub fn connect_options(&self) -> Result<MySqlConnectOptions, ConfigError> {
+        let opts = match &self.database_url {
+            Some(url) if !url.is_empty() => {
+                if !url.expose().starts_with("mysql://") && !url.expose().starts_with("mariadb://")
+                {
+                    return Err(ConfigError::new(
+                        "DATABASE_URL",
+                        "must start with mysql:// (value not shown: it may hold a password)",
+                    ));
+                }
+                MySqlConnectOptions::from_str(url.expose()).map_err(|e| {
+                    ConfigError::new(
+                        "DATABASE_URL",
+                        format!("cannot be parsed ({}); value not shown", redact_sqlx(&e)),
+                    )
+                })?
+            }
+            _ => {
+                let mut o = MySqlConnectOptions::new()
+                    .host(&self.host)
+                    .port(self.port)
+                    .username(&self.user)
+                    .database(&self.database);
+                if !self.password.is_empty() {
+                    o = o.password(self.password.expose());
+                }
+                o
+            }
+        };
+        // Every timestamp we store is UTC; make the session agree so CURRENT_TIMESTAMP is UTC too.
+        Ok(opts.timezone(Some("+00:00".to_owned())).charset("utf8mb4"))
+    }
+
+    /// Where we connect, for logs: never the password.
+    pub fn describe(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => {
+                let opts = self.connect_options().ok();
+                match opts {
+                    Some(o) => format!(
+                        "mysql://{}@{}:{}/{}",
+                        o.get_username(),
+                        o.get_host(),
+                        o.get_port(),
+                        o.get_database().unwrap_or("")
+                    ),
+                    None => "DATABASE_URL (unparsable)".into(),
+                }
+            }
+            _ => format!(
+                "mysql://{}@{}:{}/{}",
+                self.user, self.host, self.port, self.database
+            ),
+        }
+    }
+}
+
+fn redact_sqlx(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Configuration(inner) => inner.to_string(),
+        _ => "invalid URL".into(),
+    }
+}
+
+/// Where the Kafka-protocol broker is, and how topics we create are shaped.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Kafka")]
+pub struct KafkaArgs {
+    /// Comma-separated host:port list of Kafka brokers.
+    #[arg(long = "kafka-bootstrap-servers", env = "KAFKA_BOOTSTRAP_SERVERS", value_name = "KAFKA_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092", value_parser = non_empty)]
+    pub bootstrap_servers: String,
+    /// Partitions of topics this service creates when they are missing.
+    #[arg(long = "topic-partitions", env = "KAFKA_TOPIC_PARTITIONS", value_name = "KAFKA_TOPIC_PARTITIONS", default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub partitions: i32,
+    /// Replication factor of topics this service creates.
+    #[arg(long = "topic-replication", env = "KAFKA_TOPIC_REPLICATION", value_name = "KAFKA_TOPIC_REPLICATION", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
+    pub replication: i32,
+    /// How long to keep retrying at start-up while the broker is not reachable.
+    #[arg(id = "kafka_connect_timeout", long = "kafka-connect-timeout", env = "KAFKA_CONNECT_TIMEOUT", value_name = "KAFKA_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings. The filter comes from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct TelemetryArgs {
+    /// Log line format.
+    #[arg(
+        long = "log-format",
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        default_value = "pretty",
+        value_enum
+    )]
+    pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mysql: MySqlArgs,
+        #[command(flatten)]
+        kafka: KafkaArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("test").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let cli = parse(&[
+            "--mysql-password",
+            "hunter2",
+            "--database-url",
+            "mysql://u:pw123@h/db",
+        ])
+        .unwrap();
+        let dbg = format!("{cli:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("pw123"), "{dbg}");
+        assert!(dbg.contains("[redacted]"));
+        assert_eq!(cli.mysql.password.expose(), "hunter2");
+        assert_eq!(cli.mysql.describe(), "mysql://u@h:3306/db");
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let err = parse(&["--mysql-port", "notaport"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MYSQL_PORT"), "{err}");
+        let err = parse(&["--kafka-bootstrap-servers", " "])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KAFKA_BOOTSTRAP_SERVERS"), "{err}");
+        let err = parse(&["--mysql-connect-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MYSQL_CONNECT_TIMEOUT"), "{err}");
+    }
+
+    #[test]
+    fn bad_database_url_is_named_but_not_echoed() {
+        let cli = parse(&["--database-url", "postgres://u:topsecret@h/db"]).unwrap();
+        let err = cli.mysql.connect_options().unwrap_err();
+        assert_eq!(err.setting, "DATABASE_URL");
+        assert!(!err.to_string().contains("topsecret"));
+    }
+
+    #[test]
+    fn database_url_wins_over_parts() {
+        let cli = parse(&[
+            "--database-url",
+            "mysql://a:b@dbhost:3307/other",
+            "--mysql-host",
+            "ignored",
+        ])
+        .unwrap();
+        let o = cli.mysql.connect_options().unwrap();
+        assert_eq!(
+            (o.get_host(), o.get_port(), o.get_database()),
+            ("dbhost", 3307, Some("other"))
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("five").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Kafka helpers: client configurations with safe defaults, and idempotent topic creation.
+//!
+//! Producers are idempotent with `acks=all` and compressed batches, so a retried send never
+//! duplicates and an acknowledged one is on every in-sync replica. Consumers never commit or store
+//! offsets on their own: a service commits an offset only after the effect is durable in MySQL.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    error::{KafkaError, RDKafkaErrorCode},
+    ClientConfig,
+};
+
+/// Producer defaults: idempotence on, `acks=all`, lz4 compression, small linger for batching.
+pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap_servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    c
+}
+
+/// Consumer defaults: no auto commit, no automatic offset store, earliest when the group is new.
+pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap_servers)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    c
+}
+
+/// A topic to create when missing.
+#[derive(Debug, Clone)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+}
+
+impl TopicSpec {
+    pub fn new(name: impl Into<String>, partitions: i32, replication: i32) -> Self {
+        TopicSpec {
+            name: name.into(),
+            partitions,
+            replication,
+        }
+    }
+}
+
+/// Creates the topics that do not exist yet; "already exists" is success. While the broker is not
+/// reachable it retries with backoff, for at most `max_wait`.
+pub async fn ensure_topics(
+    bootstrap_servers: &str,
+    topics: &[TopicSpec],
+    max_wait: Duration,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(t.replication),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let outcome = admin.create_topics(new_topics.iter(), &opts).await;
+        let retryable = match outcome {
+            Ok(results) => {
+                let mut first_err = None;
+                for r in results {
+                    match r {
+                        Ok(name) => tracing::info!(topic = %name, "created topic"),
+                        Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                            tracing::debug!(topic = %name, "topic exists")
+                        }
+                        Err((name, code)) => {
+                            tracing::warn!(topic = %name, error = %code, "creating topic failed");
+                            first_err.get_or_insert(code);
+                        }
+                    }
+                }
+                match first_err {
+                    None => return Ok(()),
+                    Some(code) => KafkaError::AdminOp(code),
+                }
+            }
+            Err(e) => e,
+        };
+        if started.elapsed() + delay > max_wait {
+            return Err(retryable);
+        }
+        tracing::warn!(%bootstrap_servers, error = %retryable, retry_in = ?delay, "Kafka not ready yet");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,488 @@
+//! The rate model: what travels on topic `raw_coin_data`.
+//!
+//! The wire format is CoinAPI's exchange-rate body (`../shared/COINAPI.md`), so the original project's
+//! consumers and ours read the same messages:
+//! `{"time":"2024-08-05T13:35:34.3741337Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":61234.56}`
+//! plus an optional `received_at` (when the producer got it). Unknown fields (`src_side_base`, ...) are
+//! ignored. Times are UTC and kept to the microsecond, the precision of MySQL's `DATETIME(6)`.
+//!
+//! Parsing is "parse, don't validate": a [`RateUpdate`] that exists is valid. Bad input gives a
+//! [`ModelError`] that names the field and, where there is one, the offending value.
+
+use std::{borrow::Cow, fmt, str::FromStr};
+
+use arrayvec::ArrayString;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Longest asset id we accept; also the width of the `asset_id_*` columns.
+pub const MAX_ASSET_ID_LEN: usize = 16;
+
+/// Why a message or value is not a valid rate update.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    /// Not JSON, or a field of the wrong JSON type. `field` is the JSON path when known.
+    #[error("malformed JSON{}: {message}", field.as_deref().map(|f| format!(" at `{f}`")).unwrap_or_default())]
+    Json {
+        field: Option<String>,
+        message: String,
+    },
+    /// A required field is absent (or null).
+    #[error("missing field `{field}`")]
+    MissingField { field: &'static str },
+    /// A field is present but its value is not acceptable.
+    #[error("invalid `{field}` value {value:?}: {reason}")]
+    InvalidField {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl ModelError {
+    /// The field the error is about, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ModelError::Json { field, .. } => field.as_deref(),
+            ModelError::MissingField { field } | ModelError::InvalidField { field, .. } => {
+                Some(field)
+            }
+        }
+    }
+
+    fn invalid(field: &'static str, value: &str, reason: &'static str) -> Self {
+        // Keep error messages (and dead-letter rows) short even for absurd input.
+        let value: String = value.chars().take(64).collect();
+        ModelError::InvalidField {
+            field,
+            value,
+            reason,
+        }
+    }
+}
+
+/// An asset id such as `BTC`: 1 to 16 ASCII letters, digits, `_` or `-`, upper-cased.
+/// Stored inline (no allocation) so pairs are cheap to copy and hash on the hot path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AssetId(ArrayString<MAX_ASSET_ID_LEN>);
+
+impl AssetId {
+    /// Parses an asset id; `field` names the setting or JSON field in the error.
+    pub fn parse_field(s: &str, field: &'static str) -> Result<Self, ModelError> {
+        if s.is_empty() {
+            return Err(ModelError::invalid(field, s, "must not be empty"));
+        }
+        if s.len() > MAX_ASSET_ID_LEN {
+            return Err(ModelError::invalid(field, s, "longer than 16 characters"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ModelError::invalid(
+                field,
+                s,
+                "only ASCII letters, digits, '_' and '-' are allowed",
+            ));
+        }
+        let mut id = ArrayString::new();
+        id.push_str(s);
+        id.make_ascii_uppercase();
+        Ok(AssetId(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for AssetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for AssetId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl FromStr for AssetId {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AssetId::parse_field(s, "asset_id")
+    }
+}
+
+/// A currency pair `BASE/QUOTE`, e.g. `BTC/USD`. Its text form is also the Kafka message key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pair {
+    pub base: AssetId,
+    pub quote: AssetId,
+}
+
+impl Pair {
+    pub fn new(base: AssetId, quote: AssetId) -> Self {
+        Pair { base, quote }
+    }
+}
+
+impl fmt::Display for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.quote)
+    }
+}
+
+impl fmt::Debug for Pair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pair({self})")
+    }
+}
+
+impl FromStr for Pair {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let Some((base, quote)) = t.split_once('/') else {
+            return Err(ModelError::invalid(
+                "pair",
+                s,
+                "expected BASE/QUOTE, e.g. BTC/USD",
+            ));
+        };
+        let pair = Pair {
+            base: AssetId::parse_field(base.trim(), "pair")?,
+            quote: AssetId::parse_field(quote.trim(), "pair")?,
+        };
+        if pair.base == pair.quote {
+            return Err(ModelError::invalid("pair", s, "base and quote must differ"));
+        }
+        Ok(pair)
+    }
+}
+
+impl Serialize for Pair {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pair {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Cow::<str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One exchange-rate observation, as published on `raw_coin_data`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateUpdate {
+    /// Event time: when CoinAPI computed the rate (UTC, microseconds).
+    pub time: DateTime<Utc>,
+    pub pair: Pair,
+    /// Units of quote per one base; positive and finite.
+    pub rate: f64,
+    /// When the producer received it (UTC, microseconds), if recorded.
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+/// The JSON as it arrives; every field optional so a missing one gets our own error.
+#[derive(Deserialize)]
+struct WireIn<'a> {
+    #[serde(borrow)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    asset_id_base: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    asset_id_quote: Option<Cow<'a, str>>,
+    rate: Option<f64>,
+    #[serde(borrow, default)]
+    received_at: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    time: String,
+    asset_id_base: &'a str,
+    asset_id_quote: &'a str,
+    rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    received_at: Option<String>,
+}
+
+impl RateUpdate {
+    /// Builds an update, checking the rate and truncating times to microseconds.
+    pub fn new(
+        time: DateTime<Utc>,
+        pair: Pair,
+        rate: f64,
+        received_at: Option<DateTime<Utc>>,
+    ) -> Result<Self, ModelError> {
+        check_rate(rate)?;
+        Ok(RateUpdate {
+            time: truncate_to_micros(time),
+            pair,
+            rate,
+            received_at: received_at.map(truncate_to_micros),
+        })
+    }
+
+    /// Parses one message value from `raw_coin_data`.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
+        match serde_json::from_slice::<WireIn<'_>>(bytes) {
+            Ok(wire) => wire.validate(),
+            Err(_) => Err(json_error_with_path::<WireIn<'_>>(bytes)),
+        }
+    }
+
+    /// The message value: CoinAPI-compatible JSON plus `received_at` when known.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.wire_out()).expect("a rate update always serializes")
+    }
+
+    fn wire_out(&self) -> WireOut<'_> {
+        WireOut {
+            time: format_time(self.time),
+            asset_id_base: self.pair.base.as_str(),
+            asset_id_quote: self.pair.quote.as_str(),
+            rate: self.rate,
+            received_at: self.received_at.map(format_time),
+        }
+    }
+
+    /// The Kafka message key: `BASE/QUOTE`, so one pair stays on one partition, in order.
+    pub fn key(&self) -> String {
+        self.pair.to_string()
+    }
+}
+
+impl Serialize for RateUpdate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.wire_out().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RateUpdate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        WireIn::deserialize(d)?
+            .validate()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl WireIn<'_> {
+    fn validate(self) -> Result<RateUpdate, ModelError> {
+        let time = self
+            .time
+            .ok_or(ModelError::MissingField { field: "time" })?;
+        let base = self.asset_id_base.ok_or(ModelError::MissingField {
+            field: "asset_id_base",
+        })?;
+        let quote = self.asset_id_quote.ok_or(ModelError::MissingField {
+            field: "asset_id_quote",
+        })?;
+        let rate = self
+            .rate
+            .ok_or(ModelError::MissingField { field: "rate" })?;
+        let time = parse_time(&time)
+            .ok_or_else(|| ModelError::invalid("time", &time, "not an RFC 3339 UTC timestamp"))?;
+        let received_at = match self.received_at {
+            None => None,
+            Some(s) => Some(parse_time(&s).ok_or_else(|| {
+                ModelError::invalid("received_at", &s, "not an RFC 3339 UTC timestamp")
+            })?),
+        };
+        let pair = Pair {
+            base: AssetId::parse_field(&base, "asset_id_base")?,
+            quote: AssetId::parse_field(&quote, "asset_id_quote")?,
+        };
+        check_rate(rate)?;
+        Ok(RateUpdate {
+            time,
+            pair,
+            rate,
+            received_at,
+        })
+    }
+}
+
+/// Re-parses failed input with path tracking, so the error names the field. Only bad input pays.
+pub(crate) fn json_error_with_path<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> ModelError {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(_) => ModelError::Json {
+            field: None,
+            message: "trailing characters after the JSON value".into(),
+        },
+        Err(e) => {
+            let path = e.path().to_string();
+            ModelError::Json {
+                field: (path != ".").then_some(path),
+                message: e.into_inner().to_string(),
+            }
+        }
+    }
+}
+
+fn check_rate(rate: f64) -> Result<(), ModelError> {
+    if rate.is_finite() && rate > 0.0 {
+        Ok(())
+    } else {
+        Err(ModelError::invalid(
+            "rate",
+            &rate.to_string(),
+            "must be a positive finite number",
+        ))
+    }
+}
+
+/// Parses CoinAPI times tolerantly: RFC 3339 with any number of fractional digits and any offset
+/// (converted to UTC), or a naive `YYYY-MM-DDTHH:MM:SS[.f]` taken as UTC. Kept to microseconds.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    let utc = match DateTime::parse_from_rfc3339(s) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+            .ok()?
+            .and_utc(),
+    };
+    Some(truncate_to_micros(utc))
+}
+
+/// `2024-08-05T13:35:34.374133Z`: RFC 3339, UTC, microseconds.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Drops sub-microsecond digits (CoinAPI sends 100 ns; MySQL keeps 1 µs).
+pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
+    let nanos = t.nanosecond();
+    t.with_nanosecond(nanos - nanos % 1_000).unwrap_or(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    const COINAPI: &str = r#"{"time":"2024-08-05T13:35:34.3741337Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":61234.56}"#;
+
+    #[test]
+    fn parses_coinapi_body_keeping_microseconds() {
+        let u = RateUpdate::from_json(COINAPI.as_bytes()).unwrap();
+        assert_eq!(u.pair.to_string(), "BTC/USD");
+        assert_eq!(u.rate, 61234.56);
+        assert_eq!(
+            u.time,
+            Utc.with_ymd_and_hms(2024, 8, 5, 13, 35, 34).unwrap()
+                + chrono::Duration::microseconds(374_133)
+        );
+        assert_eq!(u.received_at, None);
+    }
+
+    #[test]
+    fn ignores_unknown_fields_and_null_arrays() {
+        let body = r#"{"time":"2024-08-05T13:35:34.0000000Z","asset_id_base":"ETH","asset_id_quote":"EUR","rate":2.5,"src_side_base":null,"src_side_quote":[{"asset":"X","rate":1}]}"#;
+        let u = RateUpdate::from_json(body.as_bytes()).unwrap();
+        assert_eq!(u.pair.to_string(), "ETH/EUR");
+    }
+
+    #[test]
+    fn round_trips_with_received_at() {
+        let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap()
+            + chrono::Duration::nanoseconds(123_456_789);
+        let u = RateUpdate::new(t, "sol/usd".parse().unwrap(), 150.25, Some(t)).unwrap();
+        assert_eq!(u.time.nanosecond(), 123_456_000);
+        let json = u.to_json();
+        assert!(
+            json.contains(r#""time":"2024-01-02T03:04:05.123456Z""#),
+            "{json}"
+        );
+        assert_eq!(RateUpdate::from_json(json.as_bytes()).unwrap(), u);
+        assert_eq!(u.key(), "SOL/USD");
+    }
+
+    #[test]
+    fn converts_offsets_to_utc() {
+        let t = parse_time("2024-08-05T15:35:34.5+02:00").unwrap();
+        assert_eq!(format_time(t), "2024-08-05T13:35:34.500000Z");
+        let naive = parse_time("2024-08-05T13:35:34").unwrap();
+        assert_eq!(format_time(naive), "2024-08-05T13:35:34.000000Z");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"time":"yesterday","asset_id_base":"BTC","asset_id_quote":"USD","rate":1}"#,
+                "time",
+            ),
+            (
+                r#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"USD"}"#,
+                "rate",
+            ),
+            (
+                r#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":"abc"}"#,
+                "rate",
+            ),
+            (
+                r#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":-3}"#,
+                "rate",
+            ),
+            (
+                r#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"","asset_id_quote":"USD","rate":1}"#,
+                "asset_id_base",
+            ),
+            (
+                r#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"US D","rate":1}"#,
+                "asset_id_quote",
+            ),
+            (
+                r#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":1,"received_at":"soon"}"#,
+                "received_at",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = RateUpdate::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(err.field(), Some(*field), "{body}: {err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn invalid_value_is_quoted_in_the_error() {
+        let body = r#"{"time":"yesterday","asset_id_base":"BTC","asset_id_quote":"USD","rate":1}"#;
+        let err = RateUpdate::from_json(body.as_bytes()).unwrap_err();
+        assert!(
+            matches!(&err, ModelError::InvalidField { value, .. } if value == "yesterday"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_json_error() {
+        for body in ["", "not json", "[1,2]", "{\"time\":", "null"] {
+            let err = RateUpdate::from_json(body.as_bytes()).unwrap_err();
+            assert!(matches!(err, ModelError::Json { .. }), "{body:?}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn pair_parsing() {
+        let p: Pair = " btc/usd ".parse().unwrap();
+        assert_eq!(p.to_string(), "BTC/USD");
+        for bad in [
+            "BTC",
+            "BTC/",
+            "/USD",
+            "BTC/BTC",
+            "BTC/US$",
+            "AVERYVERYLONGASSETNAME/USD",
+        ] {
+            let err = bad.parse::<Pair>().unwrap_err();
+            assert_eq!(err.field(), Some("pair"), "{bad}");
+        }
+    }
+}

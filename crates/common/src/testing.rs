@@ -1,0 +1,227 @@
+//! The test kit: each test gets its own freshly migrated database and its own topics and consumer
+//! groups on the real servers, and leaves nothing behind, so tests run in parallel.
+//!
+//! Servers come from `scripts/infra.sh up`:
+//! - `COINSTREAM_TEST_MYSQL_URL` (default `mysql://coinstream_test:coinstream_test@127.0.0.1:3306`):
+//!   an account allowed to create and drop databases named `cstest_*`.
+//! - `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
+//!
+//! Set `COINSTREAM_TEST_KEEP=1` to keep databases and topics after a test, for debugging.
+
+use std::{str::FromStr, time::Duration};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions},
+    client::DefaultClientContext,
+    ClientConfig,
+};
+use sqlx::{
+    mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
+    ConnectOptions, Connection, Executor,
+};
+
+use crate::kafka::{ensure_topics, TopicSpec};
+
+const DEFAULT_TEST_MYSQL_URL: &str = "mysql://coinstream_test:coinstream_test@127.0.0.1:3306";
+
+fn keep() -> bool {
+    std::env::var("COINSTREAM_TEST_KEEP").is_ok_and(|v| v == "1")
+}
+
+/// A short random suffix for unique names.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// The server URL (no database) the kit uses for test databases.
+pub fn test_mysql_url() -> String {
+    std::env::var("COINSTREAM_TEST_MYSQL_URL").unwrap_or_else(|_| DEFAULT_TEST_MYSQL_URL.to_owned())
+}
+
+/// The broker the kit uses.
+pub fn test_bootstrap_servers() -> String {
+    std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// A freshly created and migrated database, dropped when this value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Pool on the test database.
+    pub pool: MySqlPool,
+    /// Database name (`cstest_<random>`).
+    pub name: String,
+    server_url: String,
+}
+
+impl TestDb {
+    /// Creates `cstest_<random>` and applies the migrations.
+    pub async fn new() -> Self {
+        Self::create(true).await
+    }
+
+    /// Creates `cstest_<random>` without applying migrations.
+    pub async fn empty() -> Self {
+        Self::create(false).await
+    }
+
+    async fn create(migrate: bool) -> Self {
+        let server_url = test_mysql_url();
+        let name = format!("cstest_{}", unique_suffix());
+        let mut admin = MySqlConnectOptions::from_str(&server_url)
+            .expect("COINSTREAM_TEST_MYSQL_URL is not a mysql:// URL")
+            .connect()
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cannot reach the test MySQL server ({e}); run `scripts/infra.sh up` first")
+            });
+        admin
+            .execute(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4").as_str())
+            .await
+            .expect("CREATE DATABASE for the test");
+        let _ = admin.close().await;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(8)
+            .connect_with(Self::options_for(&server_url, &name))
+            .await
+            .expect("connecting to the test database");
+        if migrate {
+            crate::db::migrate(&pool, &name)
+                .await
+                .expect("migrations apply");
+        }
+        TestDb {
+            pool,
+            name,
+            server_url,
+        }
+    }
+
+    fn options_for(server_url: &str, name: &str) -> MySqlConnectOptions {
+        MySqlConnectOptions::from_str(server_url)
+            .expect("COINSTREAM_TEST_MYSQL_URL is not a mysql:// URL")
+            .database(name)
+            .timezone(Some("+00:00".to_owned()))
+    }
+
+    /// Connection options for the test database (same account as the kit).
+    pub fn connect_options(&self) -> MySqlConnectOptions {
+        Self::options_for(&self.server_url, &self.name)
+    }
+
+    /// `DATABASE_URL` for a service process under test.
+    pub fn database_url(&self) -> String {
+        format!("{}/{}", self.server_url.trim_end_matches('/'), self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if keep() {
+            eprintln!("keeping test database {}", self.name);
+            return;
+        }
+        let url = self.server_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside or outside a runtime; a thread with its own runtime works in both.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut c) = MySqlConnectOptions::from_str(&url)
+                    .expect("test URL")
+                    .connect()
+                    .await
+                {
+                    let _ = c
+                        .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
+                        .await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Topics and consumer groups with names no other test uses, deleted when dropped.
+#[derive(Debug)]
+pub struct TestKafka {
+    pub bootstrap_servers: String,
+    suffix: String,
+    topics: Vec<String>,
+}
+
+impl TestKafka {
+    pub fn new() -> Self {
+        TestKafka {
+            bootstrap_servers: test_bootstrap_servers(),
+            suffix: unique_suffix(),
+            topics: Vec::new(),
+        }
+    }
+
+    /// `test-<base>-<suffix>`: the name for this test's copy of topic `base`.
+    pub fn topic_name(&self, base: &str) -> String {
+        format!("test-{base}-{}", self.suffix)
+    }
+
+    /// A consumer group name unique to this test.
+    pub fn group(&self, base: &str) -> String {
+        format!("test-{base}-{}", self.suffix)
+    }
+
+    /// Creates this test's topic `base` with `partitions` partitions and returns its name.
+    pub async fn create_topic(&mut self, base: &str, partitions: i32) -> String {
+        let name = self.topic_name(base);
+        ensure_topics(
+            &self.bootstrap_servers,
+            &[TopicSpec::new(&name, partitions, 1)],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot create topic {name} ({e}); run `scripts/infra.sh up` first")
+        });
+        self.topics.push(name.clone());
+        name
+    }
+}
+
+impl Default for TestKafka {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestKafka {
+    fn drop(&mut self) {
+        if self.topics.is_empty() || keep() {
+            return;
+        }
+        let bootstrap = self.bootstrap_servers.clone();
+        let topics = std::mem::take(&mut self.topics);
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .create();
+                if let Ok(admin) = admin {
+                    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+                    let _ = admin.delete_topics(&names, &opts).await;
+                }
+            });
+        })
+        .join();
+    }
+}

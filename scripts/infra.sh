@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Brings up what coinstream needs on a machine without Docker, and prints the environment to use.
+#
+#   scripts/infra.sh up       start (or reuse) a Kafka-protocol broker and a MySQL-compatible server,
+#                             create the application database and users, print KEY=value lines
+#   scripts/infra.sh env      print the KEY=value lines only
+#   scripts/infra.sh status   say what is running
+#   scripts/infra.sh down     stop what `up` started (by PID), nothing else
+#
+# Use it as:  set -a; eval "$(scripts/infra.sh up)"; set +a
+# Progress goes to stderr; stdout carries only the KEY=value lines.
+#
+# The broker is Tansu (a Kafka-compatible broker in Rust, SQLite storage; see README), built once per
+# machine into a cache outside the clone. Overridable settings (defaults in brackets):
+#   COINSTREAM_CACHE_DIR [~/.cache/coinstream]   tools and broker data
+#   COINSTREAM_KAFKA_PORT [9092]
+#   COINSTREAM_MYSQL_HOST [127.0.0.1], COINSTREAM_MYSQL_PORT [3306]
+#   COINSTREAM_MYSQL_ADMIN_USER [root], COINSTREAM_MYSQL_ADMIN_PASSWORD []   used only here
+#   COINSTREAM_APP_PASSWORD [coinstream]   password of the application user `coinstream`
+set -euo pipefail
+
+CACHE_DIR=${COINSTREAM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/coinstream}
+TOOLS_DIR=$CACHE_DIR/tools
+STATE_DIR=$CACHE_DIR/state
+TANSU_VERSION=0.6.0
+TANSU=$TOOLS_DIR/bin/tansu
+KAFKA_PORT=${COINSTREAM_KAFKA_PORT:-9092}
+KAFKA_ADDR=127.0.0.1:$KAFKA_PORT
+DB_HOST=${COINSTREAM_MYSQL_HOST:-127.0.0.1}
+DB_PORT=${COINSTREAM_MYSQL_PORT:-3306}
+ADMIN_USER=${COINSTREAM_MYSQL_ADMIN_USER:-root}
+ADMIN_PASSWORD=${COINSTREAM_MYSQL_ADMIN_PASSWORD:-}
+APP_DB=coinstream
+APP_USER=coinstream
+APP_PASSWORD=${COINSTREAM_APP_PASSWORD:-coinstream}
+TEST_USER=coinstream_test
+TEST_PASSWORD=coinstream_test
+
+say() { printf 'infra: %s\n' "$*" >&2; }
+die() { printf 'infra: error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+pid_alive() { # pidfile name
+  local f=$STATE_DIR/$1.pid pid
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q "$2" "/proc/$pid/cmdline" 2>/dev/null
+}
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi
+}
+
+apt_install() {
+  command -v apt-get >/dev/null || return 1
+  say "installing $* with apt-get"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || true
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
+# ---------------------------------------------------------------- broker
+build_tansu() {
+  [ -x "$TANSU" ] && return 0
+  command -v cargo >/dev/null || die "cargo is needed to build the test broker (install Rust with rustup)"
+  say "building the test broker Tansu $TANSU_VERSION into $TOOLS_DIR (once per machine, about 10 minutes)"
+  mkdir -p "$TOOLS_DIR"
+  cargo install "tansu@$TANSU_VERSION" --locked --no-default-features --features libsql \
+    --root "$TOOLS_DIR" >"$CACHE_DIR/tansu-build.log" 2>&1 \
+    || { tail -30 "$CACHE_DIR/tansu-build.log" >&2; die "building Tansu failed (log: $CACHE_DIR/tansu-build.log)"; }
+}
+
+broker_up() {
+  if pid_alive tansu tansu; then
+    say "broker: Tansu already running (pid $(cat "$STATE_DIR/tansu.pid")) at $KAFKA_ADDR"
+    return 0
+  fi
+  if port_open 127.0.0.1 "$KAFKA_PORT"; then
+    say "broker: something not started by this script already listens on $KAFKA_ADDR; using it"
+    return 0
+  fi
+  build_tansu
+  mkdir -p "$STATE_DIR/tansu"
+  say "broker: starting Tansu at $KAFKA_ADDR (data in $STATE_DIR/tansu)"
+  (
+    cd "$STATE_DIR/tansu"
+    setsid nohup "$TANSU" broker \
+      --listener-url "tcp://$KAFKA_ADDR" --advertised-listener-url "tcp://$KAFKA_ADDR" \
+      --storage-engine "sqlite://tansu.db" </dev/null >"$STATE_DIR/tansu.log" 2>&1 &
+    echo $! >"$STATE_DIR/tansu.pid"
+  )
+  for _ in $(seq 1 120); do
+    if port_open 127.0.0.1 "$KAFKA_PORT"; then
+      say "broker: ready"
+      return 0
+    fi
+    pid_alive tansu tansu || { tail -20 "$STATE_DIR/tansu.log" >&2; die "Tansu exited at start-up (log: $STATE_DIR/tansu.log)"; }
+    sleep 0.5
+  done
+  die "Tansu did not open $KAFKA_ADDR within 60 s (log: $STATE_DIR/tansu.log)"
+}
+
+# ---------------------------------------------------------------- database
+mysql_cli() {
+  if command -v mariadb >/dev/null; then echo mariadb; elif command -v mysql >/dev/null; then echo mysql; else return 1; fi
+}
+
+admin_sql() {
+  MYSQL_PWD="$ADMIN_PASSWORD" "$(mysql_cli)" --protocol=TCP -h "$DB_HOST" -P "$DB_PORT" -u "$ADMIN_USER" \
+    --batch --skip-column-names "$@"
+}
+
+db_reachable() { admin_sql -e 'SELECT 1' >/dev/null 2>&1; }
+
+start_local_mysql() {
+  local daemon
+  for daemon in /usr/sbin/mariadbd /usr/sbin/mysqld; do
+    [ -x "$daemon" ] || continue
+    say "database: starting $daemon"
+    if command -v start-stop-daemon >/dev/null; then
+      as_root start-stop-daemon --start --oknodo --background --exec "$daemon" >&2 || true
+    else
+      as_root service mariadb start >&2 || as_root service mysql start >&2 || true
+    fi
+    for _ in $(seq 1 60); do
+      if db_reachable; then
+        pgrep -x "$(basename "$daemon")" | head -1 >"$STATE_DIR/mysql.pid" || true
+        return 0
+      fi
+      sleep 0.5
+    done
+  done
+  return 1
+}
+
+db_up() {
+  mysql_cli >/dev/null || apt_install mariadb-client \
+    || die "no mysql/mariadb command-line client; install mariadb-client (or mysql-client)"
+  if ! db_reachable; then
+    if [ "$DB_HOST" = 127.0.0.1 ] || [ "$DB_HOST" = localhost ]; then
+      start_local_mysql || { apt_install mariadb-server && start_local_mysql; } || die \
+"no MySQL-compatible server at $DB_HOST:$DB_PORT for user $ADMIN_USER.
+  Install one (Debian/Ubuntu: apt-get install mariadb-server; or MySQL 8), or point
+  COINSTREAM_MYSQL_HOST/PORT and COINSTREAM_MYSQL_ADMIN_USER/PASSWORD at a server you administer."
+    else
+      die "MySQL at $DB_HOST:$DB_PORT is not reachable as $ADMIN_USER (check COINSTREAM_MYSQL_* settings)"
+    fi
+  fi
+  say "database: $DB_HOST:$DB_PORT reachable; ensuring database '$APP_DB' and users"
+  local user host
+  {
+    echo "CREATE DATABASE IF NOT EXISTS \`$APP_DB\` CHARACTER SET utf8mb4;"
+    for host in localhost 127.0.0.1; do
+      for user in "$APP_USER:$APP_PASSWORD" "$TEST_USER:$TEST_PASSWORD"; do
+        echo "CREATE USER IF NOT EXISTS '${user%%:*}'@'$host' IDENTIFIED BY '${user#*:}';"
+        echo "ALTER USER '${user%%:*}'@'$host' IDENTIFIED BY '${user#*:}';"
+      done
+      # The services: data access and the DDL their embedded migrations run, on their database only.
+      echo "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES ON \`$APP_DB\`.* TO '$APP_USER'@'$host';"
+      # The test kit: creates and drops its own cstest_* databases, nothing else.
+      echo "GRANT ALL PRIVILEGES ON \`cstest\\_%\`.* TO '$TEST_USER'@'$host';"
+    done
+  } | admin_sql || die "creating the database and users failed (does $ADMIN_USER have CREATE USER and GRANT?)"
+}
+
+print_env() {
+  cat <<ENV
+KAFKA_BOOTSTRAP_SERVERS=$KAFKA_ADDR
+MYSQL_HOST=$DB_HOST
+MYSQL_PORT=$DB_PORT
+MYSQL_USER=$APP_USER
+MYSQL_PASSWORD=$APP_PASSWORD
+MYSQL_DATABASE=$APP_DB
+COINSTREAM_TEST_MYSQL_URL=mysql://$TEST_USER:$TEST_PASSWORD@$DB_HOST:$DB_PORT
+ENV
+}
+
+status() {
+  if pid_alive tansu tansu; then say "broker: Tansu running, pid $(cat "$STATE_DIR/tansu.pid"), $KAFKA_ADDR"
+  elif port_open 127.0.0.1 "$KAFKA_PORT"; then say "broker: $KAFKA_ADDR open (not started by this script)"
+  else say "broker: not running"; fi
+  if mysql_cli >/dev/null && db_reachable; then say "database: $DB_HOST:$DB_PORT reachable"
+  else say "database: $DB_HOST:$DB_PORT not reachable"; fi
+}
+
+down() {
+  if pid_alive tansu tansu; then
+    local pid; pid=$(cat "$STATE_DIR/tansu.pid")
+    say "broker: stopping Tansu (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE_DIR/tansu.pid"
+  if pid_alive mysql mysqld || pid_alive mysql mariadbd; then
+    local pid; pid=$(cat "$STATE_DIR/mysql.pid")
+    say "database: stopping the server this script started (pid $pid)"
+    as_root kill "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE_DIR/mysql.pid"
+}
+
+mkdir -p "$STATE_DIR"
+case "${1:-}" in
+  up) broker_up; db_up; print_env ;;
+  env) print_env ;;
+  status) status ;;
+  down) down ;;
+  *) echo "usage: $0 up|env|status|down" >&2; exit 2 ;;
+esac
