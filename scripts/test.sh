@@ -13,7 +13,8 @@ cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
 step "infrastructure (scripts/infra.sh up)"
 broker_was_running=0
-if scripts/infra.sh status 2>&1 | grep -q 'broker: Tansu running\|broker: .* open'; then broker_was_running=1; fi
+infra_status=$(scripts/infra.sh status 2>&1)
+case "$infra_status" in *"broker: Tansu running"* | *"broker: 127.0.0.1"*" open"*) broker_was_running=1 ;; esac
 infra_env=$(scripts/infra.sh up)
 set -a
 eval "$infra_env"
