@@ -71,6 +71,10 @@ build_tansu() {
 }
 
 broker_up() {
+  if pid_alive tansu tansu && grep -q 'panicked' "$STATE_DIR/tansu.log" 2>/dev/null; then
+    say "broker: Tansu hit an internal panic earlier (see $STATE_DIR/tansu.log); restarting it"
+    down_broker
+  fi
   if pid_alive tansu tansu; then
     say "broker: Tansu already running (pid $(cat "$STATE_DIR/tansu.pid")) at $KAFKA_ADDR"
     return 0
@@ -183,7 +187,7 @@ status() {
   else say "database: $DB_HOST:$DB_PORT not reachable"; fi
 }
 
-down() {
+down_broker() {
   if pid_alive tansu tansu; then
     local pid; pid=$(cat "$STATE_DIR/tansu.pid")
     say "broker: stopping Tansu (pid $pid)"
@@ -192,6 +196,10 @@ down() {
     kill -9 "$pid" 2>/dev/null || true
   fi
   rm -f "$STATE_DIR/tansu.pid"
+}
+
+down() {
+  down_broker
   if pid_alive mysql mysqld || pid_alive mysql mariadbd; then
     local pid; pid=$(cat "$STATE_DIR/mysql.pid")
     say "database: stopping the server this script started (pid $pid)"

@@ -13,6 +13,7 @@ pub mod db;
 pub mod kafka;
 pub mod model;
 pub mod shutdown;
+pub mod stats;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

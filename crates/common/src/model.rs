@@ -12,7 +12,7 @@
 use std::{borrow::Cow, fmt, str::FromStr};
 
 use arrayvec::ArrayString;
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Longest asset id we accept; also the width of the `asset_id_*` columns.
@@ -238,7 +238,35 @@ impl RateUpdate {
 
     /// The message value: CoinAPI-compatible JSON plus `received_at` when known.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(&self.wire_out()).expect("a rate update always serializes")
+        let mut out = Vec::with_capacity(160);
+        self.write_json(&mut out);
+        String::from_utf8(out).expect("rate update JSON is ASCII")
+    }
+
+    /// Appends the message value to `out` without intermediate allocations (the producer's hot
+    /// path). Asset ids are validated to need no escaping; the output equals [`Self::to_json`].
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":\"");
+        write_time(out, self.time);
+        out.extend_from_slice(b"\",\"asset_id_base\":\"");
+        out.extend_from_slice(self.pair.base.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"asset_id_quote\":\"");
+        out.extend_from_slice(self.pair.quote.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"rate\":");
+        serde_json::to_writer(&mut *out, &self.rate).expect("writing to a Vec cannot fail");
+        if let Some(r) = self.received_at {
+            out.extend_from_slice(b",\"received_at\":\"");
+            write_time(out, r);
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+
+    /// Appends the message key (`BASE/QUOTE`) to `out`.
+    pub fn write_key(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.pair.base.as_str().as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(self.pair.quote.as_str().as_bytes());
     }
 
     fn wire_out(&self) -> WireOut<'_> {
@@ -356,6 +384,39 @@ pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// Writes `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the same text as [`format_time`], without allocating.
+fn write_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    fn digits(out: &mut Vec<u8>, mut v: u32, width: usize) {
+        let start = out.len();
+        out.resize(start + width, b'0');
+        for i in (0..width).rev() {
+            out[start + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let (date, time) = (t.date_naive(), t.time());
+    if !(0..=9999).contains(&date.year()) {
+        out.extend_from_slice(format_time(t).as_bytes());
+        return;
+    }
+    digits(out, date.year() as u32, 4);
+    out.push(b'-');
+    digits(out, date.month(), 2);
+    out.push(b'-');
+    digits(out, date.day(), 2);
+    out.push(b'T');
+    digits(out, time.hour(), 2);
+    out.push(b':');
+    digits(out, time.minute(), 2);
+    out.push(b':');
+    // A leap second is carried in the nanoseconds (>= 1e9); RFC 3339 shows it as second 60.
+    let nanos = time.nanosecond();
+    digits(out, time.second() + nanos / 1_000_000_000, 2);
+    out.push(b'.');
+    digits(out, (nanos % 1_000_000_000) / 1_000, 6);
+    out.push(b'Z');
+}
+
 /// Drops sub-microsecond digits (CoinAPI sends 100 ns; MySQL keeps 1 µs).
 pub fn truncate_to_micros(t: DateTime<Utc>) -> DateTime<Utc> {
     let nanos = t.nanosecond();
@@ -402,6 +463,22 @@ mod tests {
         );
         assert_eq!(RateUpdate::from_json(json.as_bytes()).unwrap(), u);
         assert_eq!(u.key(), "SOL/USD");
+    }
+
+    #[test]
+    fn fast_writer_matches_serde() {
+        let t = Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap()
+            + chrono::Duration::microseconds(7);
+        for received in [None, Some(t)] {
+            let u = RateUpdate::new(t, "BTC/USD".parse().unwrap(), 0.000123, received).unwrap();
+            assert_eq!(u.to_json(), serde_json::to_string(&u).unwrap());
+            assert_eq!(format_time(t), "1999-12-31T23:59:59.000007Z");
+        }
+        let mut key = Vec::new();
+        RateUpdate::new(t, "eth/eur".parse().unwrap(), 1.0, None)
+            .unwrap()
+            .write_key(&mut key);
+        assert_eq!(key, b"ETH/EUR");
     }
 
     #[test]

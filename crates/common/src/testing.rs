@@ -6,14 +6,13 @@
 //!   an account allowed to create and drop databases named `cstest_*`.
 //! - `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
 //!
-//! Set `COINSTREAM_TEST_KEEP=1` to keep databases and topics after a test, for debugging.
+//! Set `COINSTREAM_TEST_KEEP=1` to keep a test's database after it, for debugging.
 
 use std::{str::FromStr, time::Duration};
 
 use rdkafka::{
-    admin::{AdminClient, AdminOptions},
-    client::DefaultClientContext,
-    ClientConfig,
+    consumer::{Consumer, StreamConsumer},
+    ClientConfig, Message, Offset, TopicPartitionList,
 };
 use sqlx::{
     mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions},
@@ -147,12 +146,13 @@ impl Drop for TestDb {
     }
 }
 
-/// Topics and consumer groups with names no other test uses, deleted when dropped.
+/// Topics and consumer groups with names no other test uses. Topics are not deleted afterwards:
+/// names never repeat, and deleting topics while other tests produce has crashed the test broker
+/// (Tansu 0.6.0), so the kit keeps to the operations the broker is known to handle.
 #[derive(Debug)]
 pub struct TestKafka {
     pub bootstrap_servers: String,
     suffix: String,
-    topics: Vec<String>,
 }
 
 impl TestKafka {
@@ -160,7 +160,6 @@ impl TestKafka {
         TestKafka {
             bootstrap_servers: test_bootstrap_servers(),
             suffix: unique_suffix(),
-            topics: Vec::new(),
         }
     }
 
@@ -175,7 +174,7 @@ impl TestKafka {
     }
 
     /// Creates this test's topic `base` with `partitions` partitions and returns its name.
-    pub async fn create_topic(&mut self, base: &str, partitions: i32) -> String {
+    pub async fn create_topic(&self, base: &str, partitions: i32) -> String {
         let name = self.topic_name(base);
         ensure_topics(
             &self.bootstrap_servers,
@@ -186,42 +185,82 @@ impl TestKafka {
         .unwrap_or_else(|e| {
             panic!("cannot create topic {name} ({e}); run `scripts/infra.sh up` first")
         });
-        self.topics.push(name.clone());
         name
+    }
+}
+
+/// One message read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl TestKafka {
+    /// Every message currently in `topic` (up to each partition's high watermark), in partition
+    /// and offset order. Reads by assignment, so no consumer group or rebalance is involved.
+    pub async fn read_all(&self, topic: &str) -> Vec<TopicRecord> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", format!("test-reader-{}", unique_suffix()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .expect("reader consumer");
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer
+            .fetch_metadata(Some(topic), timeout)
+            .expect("topic metadata");
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        let mut tpl = TopicPartitionList::new();
+        let mut highs = std::collections::HashMap::new();
+        for p in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .expect("watermarks");
+            if high > low {
+                tpl.add_partition_offset(topic, p, Offset::Offset(low))
+                    .expect("tpl");
+                highs.insert(p, high);
+            }
+        }
+        let mut out = Vec::new();
+        if highs.is_empty() {
+            return out;
+        }
+        consumer.assign(&tpl).expect("assign");
+        let mut done = std::collections::HashSet::new();
+        while done.len() < highs.len() {
+            let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+                .await
+                .expect("reading the topic back stalled for 30 s")
+                .expect("consume");
+            if msg.offset() >= highs[&msg.partition()] {
+                continue;
+            }
+            out.push(TopicRecord {
+                partition: msg.partition(),
+                offset: msg.offset(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+            });
+            if msg.offset() + 1 >= highs[&msg.partition()] {
+                done.insert(msg.partition());
+            }
+        }
+        out.sort_by_key(|r| (r.partition, r.offset));
+        out
     }
 }
 
 impl Default for TestKafka {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for TestKafka {
-    fn drop(&mut self) {
-        if self.topics.is_empty() || keep() {
-            return;
-        }
-        let bootstrap = self.bootstrap_servers.clone();
-        let topics = std::mem::take(&mut self.topics);
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                let admin: Result<AdminClient<DefaultClientContext>, _> = ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .create();
-                if let Ok(admin) = admin {
-                    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-                    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-                    let _ = admin.delete_topics(&names, &opts).await;
-                }
-            });
-        })
-        .join();
     }
 }

@@ -28,7 +28,7 @@ async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8])
 
 #[tokio::test]
 async fn rate_update_round_trips_through_the_broker() {
-    let mut kafka = TestKafka::new();
+    let kafka = TestKafka::new();
     let topic = kafka.create_topic("raw", 3).await;
     let producer: FutureProducer = producer_config(&kafka.bootstrap_servers).create().unwrap();
 

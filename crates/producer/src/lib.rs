@@ -1,44 +1,344 @@
 //! producer: fetches exchange rates (CoinAPI REST, a built-in simulator, or a file replay) and
-//! publishes them to topic `raw_coin_data`, keyed `BASE/QUOTE`.
+//! publishes them to topic `raw_coin_data`, keyed `BASE/QUOTE` so one pair stays on one partition,
+//! in order. Every delivery is checked; a message that cannot be delivered stops the producer with
+//! an error rather than being dropped.
 
-use clap::Parser;
-use common::config::{non_empty, KafkaArgs, MySqlArgs, Secret, TelemetryArgs};
+pub mod backoff;
+pub mod coinapi;
+pub mod poller;
+pub mod publisher;
+pub mod replay;
+pub mod settings;
+pub mod simulate;
 
-/// Settings of the producer.
-#[derive(Debug, Parser)]
-#[command(
-    name = "producer",
-    version,
-    about = "Publishes exchange-rate updates to Kafka"
-)]
-pub struct Settings {
-    /// Topic to publish rate updates to.
-    #[arg(long = "topic", env = "RAW_TOPIC", value_name = "RAW_TOPIC", default_value = "raw_coin_data", value_parser = non_empty)]
-    pub topic: String,
-    /// CoinAPI key (sent as X-CoinAPI-Key; never logged).
-    #[arg(
-        long = "coinapi-key",
-        env = "COINAPI_KEY",
-        value_name = "COINAPI_KEY",
-        hide_env_values = true
-    )]
-    pub coinapi_key: Option<Secret>,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub mysql: MySqlArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+use std::{
+    io::BufRead,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use chrono::Utc;
+use common::stats::{Counters, StatsRecorder};
+use tokio_util::sync::CancellationToken;
+
+pub use settings::{Settings, Source};
+
+use crate::{
+    coinapi::CoinApiClient,
+    poller::{Poller, PollerConfig},
+    publisher::Publisher,
+    simulate::{SimConfig, Simulator},
+};
+
+/// How long shutdown waits for outstanding deliveries.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Running totals of a producer run.
+#[derive(Debug, Default, Clone)]
+struct Totals {
+    /// Updates fetched, generated or read.
+    produced: u64,
+    unchanged: u64,
+    malformed: u64,
+    failed_requests: u64,
+    skipped: u64,
+    quota_remaining: Option<i64>,
+    /// When the source loop started (for the run's wall-clock rate).
+    started: Option<Instant>,
 }
 
-/// Runs the producer until it is done or asked to stop.
+/// Logs a statistics line and stores a `service_stats` row.
+#[derive(Debug, Clone)]
+struct Reporter {
+    recorder: StatsRecorder,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Reporter {
+    /// For the blocking sources (simulate, replay), which run on a blocking thread.
+    fn report(&self, totals: &Totals, publisher: &Publisher, last: bool) {
+        self.runtime
+            .block_on(self.report_async(totals, publisher, last));
+    }
+
+    async fn report_async(&self, totals: &Totals, publisher: &Publisher, last: bool) {
+        let mut details = serde_json::Map::new();
+        details.insert("unchanged".into(), totals.unchanged.into());
+        details.insert("malformed".into(), totals.malformed.into());
+        details.insert("failed_requests".into(), totals.failed_requests.into());
+        details.insert("retried_deliveries".into(), publisher.retried().into());
+        details.insert("sent".into(), publisher.sent().into());
+        if let Some(q) = totals.quota_remaining {
+            details.insert("quota_remaining".into(), q.into());
+        }
+        let counters = Counters {
+            events_in: totals.produced,
+            events_out: publisher.delivered(),
+            dead_letters: totals.malformed,
+            details,
+            ..Counters::default()
+        };
+        let recorded = self.recorder.record(&counters).await;
+        let usage = match recorded {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store statistics");
+                common::stats::process_usage()
+            }
+        };
+        let elapsed = totals
+            .started
+            .map(|s| s.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        tracing::info!(
+            produced = totals.produced,
+            sent = publisher.sent(),
+            delivered = publisher.delivered(),
+            retried = publisher.retried(),
+            unchanged = totals.unchanged,
+            malformed = totals.malformed,
+            failed_requests = totals.failed_requests,
+            quota_remaining = ?totals.quota_remaining,
+            cpu_seconds = usage.cpu_seconds,
+            peak_rss_mb = usage.peak_rss_bytes as f64 / 1_048_576.0,
+            elapsed_seconds = elapsed,
+            delivered_per_second = if elapsed > 0.0 { (publisher.delivered() as f64 / elapsed).round() } else { 0.0 },
+            "{}",
+            if last { "producer finished" } else { "producer statistics" }
+        );
+    }
+}
+
+/// Runs the producer until its source is exhausted or it is asked to stop.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let (source, defaulted) = settings.resolve_source()?;
+    match (source, defaulted) {
+        (Source::Simulate, true) => tracing::info!(
+            "COINAPI_KEY is not set: using the built-in simulator (set COINAPI_KEY or --source to change)"
+        ),
+        _ => tracing::info!(source = ?source, "producer starting"),
+    }
     let pool = common::prepare(
         &settings.mysql,
         Some((&settings.kafka, &[settings.topic.as_str()])),
     )
     .await?;
-    tracing::info!(topic = %settings.topic, "producer ready (sources arrive with the producer issue)");
+    let reporter = Reporter {
+        recorder: StatsRecorder::new(pool.clone(), "producer"),
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let shutdown = common::shutdown::on_signal();
+    let publisher = Publisher::new(&settings.kafka.bootstrap_servers, &settings.topic)?;
+    let result = match source {
+        Source::Coinapi => run_coinapi(&settings, publisher, reporter, shutdown).await,
+        Source::Simulate => {
+            let pairs = match settings.pair_count {
+                Some(n) => simulate::generate_pairs(n as usize),
+                None => settings.pairs.clone(),
+            };
+            let config = SimConfig {
+                pairs,
+                seed: settings.seed.unwrap_or_else(rand::random),
+                jitter: settings.jitter,
+                late_fraction: settings.late_fraction,
+                late_by: settings.late_by,
+            };
+            tracing::info!(pairs = config.pairs.len(), seed = config.seed, rate = settings.rate, count = ?settings.count, "simulating");
+            let (rate, count, every) = (settings.rate, settings.count, settings.stats_interval);
+            tokio::task::spawn_blocking(move || {
+                run_simulate(&config, rate, count, every, publisher, reporter, shutdown)
+            })
+            .await?
+        }
+        Source::Replay => {
+            let file = settings.file.clone().expect("checked by resolve_source");
+            let (speed, every) = (settings.speed, settings.stats_interval);
+            tokio::task::spawn_blocking(move || {
+                run_replay(&file, speed, every, publisher, reporter, shutdown)
+            })
+            .await?
+        }
+    };
     pool.close().await;
+    result
+}
+
+async fn run_coinapi(
+    settings: &Settings,
+    mut publisher: Publisher,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let key = settings.key().cloned().expect("checked by resolve_source");
+    let client = CoinApiClient::new(&settings.coinapi_base_url, key, settings.http_timeout)?;
+    let mut poller = Poller::new(
+        client,
+        &settings.pairs,
+        PollerConfig {
+            max_retries: settings.max_retries,
+            backoff_initial: settings.backoff_initial,
+            backoff_max: settings.backoff_max,
+        },
+    );
+    tracing::info!(
+        pairs = settings.pairs.len(),
+        requests_per_round = poller.plan().len(),
+        interval = ?settings.interval,
+        base_url = %settings.coinapi_base_url,
+        "polling CoinAPI"
+    );
+    let mut totals = Totals {
+        started: Some(Instant::now()),
+        ..Totals::default()
+    };
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => break Ok(()),
+        }
+        let round = match poller.poll_round(&mut publisher, &shutdown).await {
+            Ok(r) => r,
+            Err(e) => break Err(anyhow::Error::new(e)),
+        };
+        totals.produced += round.published + round.unchanged;
+        totals.unchanged += round.unchanged;
+        totals.malformed += round.malformed;
+        totals.failed_requests += round.failed_requests;
+        totals.skipped += round.skipped.len() as u64;
+        if round.quota.remaining.is_some() {
+            totals.quota_remaining = round.quota.remaining;
+        }
+        tracing::info!(
+            published = round.published,
+            unchanged = round.unchanged,
+            skipped = round.skipped.len(),
+            malformed = round.malformed,
+            failed_requests = round.failed_requests,
+            delivered_total = publisher.delivered(),
+            quota_remaining = ?round.quota.remaining,
+            "poll round"
+        );
+        reporter.report_async(&totals, &publisher, false).await;
+    };
+    // Flushing blocks (librdkafka waits for acknowledgements); keep it off the async workers.
+    let flushed = tokio::task::block_in_place(|| publisher.flush(FLUSH_TIMEOUT));
+    reporter.report_async(&totals, &publisher, true).await;
+    outcome?;
+    flushed.context("flushing at shutdown")?;
+    Ok(())
+}
+
+fn run_simulate(
+    config: &SimConfig,
+    rate: f64,
+    count: Option<u64>,
+    stats_every: Duration,
+    mut publisher: Publisher,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut sim = Simulator::new(config);
+    let mut totals = Totals {
+        started: Some(Instant::now()),
+        ..Totals::default()
+    };
+    let start = Instant::now();
+    let mut next_report = start + stats_every;
+    let per_event = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+    while count.is_none_or(|c| totals.produced < c) && !shutdown.is_cancelled() {
+        if let Some(step) = per_event {
+            let due = start + step.mul_f64(totals.produced as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        let now = Utc::now();
+        sim.generate(now);
+        totals.produced += 1;
+        while let Some(u) = sim.pop_ready(now) {
+            publisher.send(&u)?;
+        }
+        if totals.produced % 1024 == 0 || per_event.is_some() {
+            publisher.check()?;
+            if Instant::now() >= next_report {
+                reporter.report(&totals, &publisher, false);
+                next_report += stats_every;
+            }
+        }
+    }
+    for u in sim.drain() {
+        publisher.send(&u)?;
+    }
+    let flushed = publisher.flush(FLUSH_TIMEOUT);
+    reporter.report(&totals, &publisher, true);
+    flushed.context("flushing at shutdown")?;
+    Ok(())
+}
+
+fn run_replay(
+    file: &std::path::Path,
+    speed: Option<f64>,
+    stats_every: Duration,
+    mut publisher: Publisher,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file)
+            .with_context(|| format!("opening REPLAY_FILE {}", file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut pacer = replay::Pacer::new(speed);
+    let mut totals = Totals {
+        started: Some(Instant::now()),
+        ..Totals::default()
+    };
+    let mut lines = 0u64;
+    let mut next_report = Instant::now() + stats_every;
+    for (i, line) in reader.lines().enumerate() {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let line = line.with_context(|| format!("reading {} at line {}", file.display(), i + 1))?;
+        lines += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match replay::parse_line(&line, Utc::now()) {
+            Ok(updates) => {
+                for u in updates {
+                    let wait = pacer.wait_for(u.time, Instant::now());
+                    if !wait.is_zero() {
+                        std::thread::sleep(wait);
+                    }
+                    publisher.send(&u)?;
+                    totals.produced += 1;
+                }
+            }
+            Err(e) => {
+                totals.malformed += 1;
+                tracing::warn!(line = i + 1, error = %e, text = %coinapi::excerpt(line.as_bytes()), "bad replay line skipped");
+            }
+        }
+        publisher.check()?;
+        if Instant::now() >= next_report {
+            reporter.report(&totals, &publisher, false);
+            next_report += stats_every;
+        }
+    }
+    let flushed = publisher.flush(FLUSH_TIMEOUT);
+    tracing::info!(
+        lines,
+        published = publisher.sent(),
+        bad_lines = totals.malformed,
+        "replay summary"
+    );
+    reporter.report(&totals, &publisher, true);
+    flushed.context("flushing at shutdown")?;
     Ok(())
 }

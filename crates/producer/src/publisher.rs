@@ -1,0 +1,217 @@
+//! Publishing rate updates to Kafka with every delivery result checked.
+//!
+//! A [`ThreadedProducer`] (idempotent, `acks=all`) sends in the background; its delivery callback
+//! counts successes and keeps failed messages. [`Publisher::check`] re-sends a failed message once
+//! (librdkafka has already retried it internally until `message.timeout.ms`); a message that fails
+//! again makes the producer stop with an error. Nothing is dropped silently. Downstream consumers
+//! deduplicate on (pair, time), so a re-send that the broker had in fact stored is harmless.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use common::{kafka::producer_config, RateUpdate};
+use rdkafka::{
+    error::{KafkaError, RDKafkaErrorCode},
+    message::Message,
+    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
+    ClientContext,
+};
+
+/// Why publishing failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("creating the Kafka producer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("message for key {key} not delivered after a retry: {error}")]
+    Undelivered { key: String, error: String },
+    #[error("enqueueing a message: {0}")]
+    Enqueue(#[source] KafkaError),
+    #[error("{0} message(s) still undelivered at shutdown after {1:?}")]
+    FlushTimeout(u64, Duration),
+}
+
+/// A message whose delivery failed, kept for one re-send.
+#[derive(Debug)]
+struct Failed {
+    key: Vec<u8>,
+    payload: Vec<u8>,
+    attempt: usize,
+    error: String,
+}
+
+/// Delivery outcomes, shared between the callback thread and the publisher.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    failed: Mutex<Vec<Failed>>,
+    has_failed: AtomicU64,
+}
+
+/// The producer context: records each delivery result.
+#[derive(Debug, Clone)]
+pub struct DeliveryContext(Arc<DeliveryStats>);
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    /// The attempt number of the message (0 = first send).
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, attempt: usize) {
+        match result {
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, msg)) => {
+                let failed = Failed {
+                    key: msg.key().unwrap_or_default().to_vec(),
+                    payload: msg.payload().unwrap_or_default().to_vec(),
+                    attempt,
+                    error: e.to_string(),
+                };
+                tracing::warn!(key = %String::from_utf8_lossy(&failed.key), error = %e, attempt, "delivery failed");
+                self.0
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(failed);
+                self.0.has_failed.store(1, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Sends rate updates to one topic.
+pub struct Publisher {
+    producer: ThreadedProducer<DeliveryContext>,
+    topic: String,
+    stats: Arc<DeliveryStats>,
+    key_buf: Vec<u8>,
+    value_buf: Vec<u8>,
+    sent: u64,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .field("sent", &self.sent)
+            .finish()
+    }
+}
+
+impl Publisher {
+    pub fn new(bootstrap_servers: &str, topic: &str) -> Result<Self, PublishError> {
+        let stats = Arc::new(DeliveryStats::default());
+        let producer = producer_config(bootstrap_servers)
+            .create_with_context(DeliveryContext(stats.clone()))
+            .map_err(PublishError::Create)?;
+        Ok(Publisher {
+            producer,
+            topic: topic.to_owned(),
+            stats,
+            key_buf: Vec::with_capacity(40),
+            value_buf: Vec::with_capacity(192),
+            sent: 0,
+        })
+    }
+
+    /// Enqueues one update (keyed `BASE/QUOTE`). Waits while the local queue is full.
+    pub fn send(&mut self, update: &RateUpdate) -> Result<(), PublishError> {
+        self.key_buf.clear();
+        self.value_buf.clear();
+        update.write_key(&mut self.key_buf);
+        update.write_json(&mut self.value_buf);
+        let (key, value) = (
+            std::mem::take(&mut self.key_buf),
+            std::mem::take(&mut self.value_buf),
+        );
+        let result = self.enqueue(&key, &value, 0);
+        self.key_buf = key;
+        self.value_buf = value;
+        result?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    fn enqueue(&self, key: &[u8], value: &[u8], attempt: usize) -> Result<(), PublishError> {
+        let mut record = BaseRecord::with_opaque_to(&self.topic, attempt)
+            .key(key)
+            .payload(value);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    // The background thread is delivering; give it a moment.
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err((e, _)) => return Err(PublishError::Enqueue(e)),
+            }
+        }
+    }
+
+    /// Re-sends failed messages once; errors if a re-sent message failed again. Cheap when
+    /// nothing failed (one atomic load): call it often.
+    pub fn check(&self) -> Result<(), PublishError> {
+        if self.stats.has_failed.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let failed = {
+            let mut guard = self.stats.failed.lock().unwrap_or_else(|p| p.into_inner());
+            self.stats.has_failed.store(0, Ordering::Release);
+            std::mem::take(&mut *guard)
+        };
+        for f in failed {
+            if f.attempt >= 1 {
+                return Err(PublishError::Undelivered {
+                    key: String::from_utf8_lossy(&f.key).into_owned(),
+                    error: f.error,
+                });
+            }
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+            self.enqueue(&f.key, &f.payload, f.attempt + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every enqueued message is delivered (re-sending failures once).
+    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let _ = self
+                .producer
+                .flush(remaining.min(Duration::from_millis(500)));
+            self.check()?;
+            let in_flight = self.producer.in_flight_count();
+            if in_flight == 0 && self.stats.has_failed.load(Ordering::Acquire) == 0 {
+                return Ok(());
+            }
+            if remaining.is_zero() {
+                return Err(PublishError::FlushTimeout(in_flight.max(0) as u64, timeout));
+            }
+        }
+    }
+
+    /// Messages enqueued so far (first sends, not re-sends).
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Messages the broker acknowledged.
+    pub fn delivered(&self) -> u64 {
+        self.stats.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages re-sent after a failed delivery.
+    pub fn retried(&self) -> u64 {
+        self.stats.retried.load(Ordering::Relaxed)
+    }
+}
