@@ -229,9 +229,71 @@ pub struct KafkaArgs {
     /// Replication factor of topics this service creates.
     #[arg(long = "topic-replication", env = "KAFKA_TOPIC_REPLICATION", value_name = "KAFKA_TOPIC_REPLICATION", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=16))]
     pub replication: i32,
+    /// Extra librdkafka producer properties over our defaults: key=value,key=value.
+    #[arg(long = "kafka-producer-properties", env = "KAFKA_PRODUCER_PROPERTIES", value_name = "KAFKA_PRODUCER_PROPERTIES", default_value = "", hide_default_value = true, value_parser = parse_properties)]
+    pub producer_properties: Properties,
+    /// Extra librdkafka consumer properties over our defaults: key=value,key=value.
+    #[arg(long = "kafka-consumer-properties", env = "KAFKA_CONSUMER_PROPERTIES", value_name = "KAFKA_CONSUMER_PROPERTIES", default_value = "", hide_default_value = true, value_parser = parse_properties)]
+    pub consumer_properties: Properties,
     /// How long to keep retrying at start-up while the broker is not reachable.
     #[arg(id = "kafka_connect_timeout", long = "kafka-connect-timeout", env = "KAFKA_CONNECT_TIMEOUT", value_name = "KAFKA_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+}
+
+impl KafkaArgs {
+    /// Producer configuration: our defaults (`kafka::producer_config`) plus the overrides.
+    pub fn producer_config(&self) -> rdkafka::ClientConfig {
+        let mut c = crate::kafka::producer_config(&self.bootstrap_servers);
+        self.producer_properties.apply(&mut c);
+        c
+    }
+
+    /// Consumer configuration for `group`: our defaults plus the overrides.
+    pub fn consumer_config(&self, group: &str) -> rdkafka::ClientConfig {
+        let mut c = crate::kafka::consumer_config(&self.bootstrap_servers, group);
+        self.consumer_properties.apply(&mut c);
+        c
+    }
+}
+
+/// librdkafka properties given as `key=value,key=value`. `Debug` shows keys only (values may be
+/// credentials such as `sasl.password`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties(pub Vec<(String, String)>);
+
+impl Properties {
+    pub fn apply(&self, config: &mut rdkafka::ClientConfig) {
+        for (k, v) in &self.0 {
+            config.set(k, v);
+        }
+    }
+}
+
+impl fmt::Debug for Properties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
+    }
+}
+
+/// Parses `key=value,key=value` (empty: none).
+pub fn parse_properties(s: &str) -> Result<Properties, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                out.push((k.trim().to_owned(), v.trim().to_owned()))
+            }
+            _ => {
+                return Err(format!(
+                    "expected key=value, got {:?}",
+                    item.split('=').next().unwrap_or("")
+                ))
+            }
+        }
+    }
+    Ok(Properties(out))
 }
 
 /// Log output.
@@ -328,6 +390,15 @@ mod tests {
             (o.get_host(), o.get_port(), o.get_database()),
             ("dbhost", 3307, Some("other"))
         );
+    }
+
+    #[test]
+    fn properties_parse_and_hide_values() {
+        let p = parse_properties("linger.ms=50, sasl.password=pw").unwrap();
+        assert_eq!(p.0[0], ("linger.ms".to_owned(), "50".to_owned()));
+        assert!(!format!("{p:?}").contains("pw\""));
+        assert!(parse_properties("").unwrap().0.is_empty());
+        assert!(parse_properties("novalue").is_err());
     }
 
     #[test]

@@ -37,7 +37,12 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig 
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Bound the prefetch queue (default 64 MB): batches are far smaller, memory stays low.
+        // When the queue is full librdkafka pauses fetching for `fetch.queue.backoff.ms`
+        // (default 1 s, which throttled a fast consumer to a crawl): resume soon instead.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "20");
     c
 }
 

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod db;
+pub mod ingest;
 pub mod kafka;
 pub mod model;
 pub mod shutdown;
@@ -17,6 +18,7 @@ pub mod stats;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod window;
 
 use std::process::ExitCode;
 

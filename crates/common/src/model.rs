@@ -386,6 +386,20 @@ pub fn format_time(t: DateTime<Utc>) -> String {
 
 /// Writes `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the same text as [`format_time`], without allocating.
 fn write_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    write_datetime(out, t, b'T', true);
+}
+
+/// Appends `'YYYY-MM-DD HH:MM:SS.ffffff'`, a quoted MySQL `DATETIME(6)` literal (UTC), to `out`.
+/// For bulk statements built as text; the output contains only digits and separators.
+pub fn push_sql_datetime(out: &mut String, t: DateTime<Utc>) {
+    let mut buf = Vec::with_capacity(28);
+    buf.push(b'\'');
+    write_datetime(&mut buf, t, b' ', false);
+    buf.push(b'\'');
+    out.push_str(std::str::from_utf8(&buf).expect("ASCII digits and separators"));
+}
+
+fn write_datetime(out: &mut Vec<u8>, t: DateTime<Utc>, separator: u8, zulu: bool) {
     fn digits(out: &mut Vec<u8>, mut v: u32, width: usize) {
         let start = out.len();
         out.resize(start + width, b'0');
@@ -396,7 +410,12 @@ fn write_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
     }
     let (date, time) = (t.date_naive(), t.time());
     if !(0..=9999).contains(&date.year()) {
-        out.extend_from_slice(format_time(t).as_bytes());
+        let text = if zulu {
+            format_time(t)
+        } else {
+            t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+        };
+        out.extend_from_slice(text.as_bytes());
         return;
     }
     digits(out, date.year() as u32, 4);
@@ -404,7 +423,7 @@ fn write_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
     digits(out, date.month(), 2);
     out.push(b'-');
     digits(out, date.day(), 2);
-    out.push(b'T');
+    out.push(separator);
     digits(out, time.hour(), 2);
     out.push(b':');
     digits(out, time.minute(), 2);
@@ -414,7 +433,9 @@ fn write_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
     digits(out, time.second() + nanos / 1_000_000_000, 2);
     out.push(b'.');
     digits(out, (nanos % 1_000_000_000) / 1_000, 6);
-    out.push(b'Z');
+    if zulu {
+        out.push(b'Z');
+    }
 }
 
 /// Drops sub-microsecond digits (CoinAPI sends 100 ns; MySQL keeps 1 µs).
@@ -474,6 +495,9 @@ mod tests {
             assert_eq!(u.to_json(), serde_json::to_string(&u).unwrap());
             assert_eq!(format_time(t), "1999-12-31T23:59:59.000007Z");
         }
+        let mut sql = String::new();
+        push_sql_datetime(&mut sql, t);
+        assert_eq!(sql, "'1999-12-31 23:59:59.000007'");
         let mut key = Vec::new();
         RateUpdate::new(t, "eth/eur".parse().unwrap(), 1.0, None)
             .unwrap()

@@ -12,6 +12,7 @@ use std::{str::FromStr, time::Duration};
 
 use rdkafka::{
     consumer::{Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
     ClientConfig, Message, Offset, TopicPartitionList,
 };
 use sqlx::{
@@ -146,6 +147,18 @@ impl Drop for TestDb {
     }
 }
 
+/// A command running service binary `bin` against the test database and broker.
+pub fn service_command(bin: &str, db: &TestDb, bootstrap_servers: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("DATABASE_URL", db.database_url())
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers)
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "pretty")
+        .env("STATS_INTERVAL", "2s")
+        .env_remove("COINAPI_KEY");
+    cmd
+}
+
 /// Topics and consumer groups with names no other test uses. Topics are not deleted afterwards:
 /// names never repeat, and deleting topics while other tests produce has crashed the test broker
 /// (Tansu 0.6.0), so the kit keeps to the operations the broker is known to handle.
@@ -256,6 +269,40 @@ impl TestKafka {
         }
         out.sort_by_key(|r| (r.partition, r.offset));
         out
+    }
+}
+
+impl TestKafka {
+    /// Publishes `(key, payload)` messages in order and waits until every one is acknowledged.
+    pub async fn produce(&self, topic: &str, messages: &[(String, Vec<u8>)]) {
+        let producer: FutureProducer = crate::kafka::producer_config(&self.bootstrap_servers)
+            .create()
+            .expect("test producer");
+        let mut pending = Vec::with_capacity(messages.len());
+        for (key, payload) in messages {
+            let record = FutureRecord::to(topic)
+                .key(key.as_str())
+                .payload(payload.as_slice());
+            let delivery = producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue test message");
+            pending.push(delivery);
+            if pending.len() >= 5_000 {
+                for d in pending.drain(..) {
+                    d.await
+                        .expect("delivery future")
+                        .map_err(|(e, _)| e)
+                        .expect("delivered");
+                }
+            }
+        }
+        for d in pending {
+            d.await
+                .expect("delivery future")
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
     }
 }
 

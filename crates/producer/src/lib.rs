@@ -128,7 +128,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         runtime: tokio::runtime::Handle::current(),
     };
     let shutdown = common::shutdown::on_signal();
-    let publisher = Publisher::new(&settings.kafka.bootstrap_servers, &settings.topic)?;
+    let publisher = Publisher::with_config(&settings.kafka.producer_config(), &settings.topic)?;
     let result = match source {
         Source::Coinapi => run_coinapi(&settings, publisher, reporter, shutdown).await,
         Source::Simulate => {

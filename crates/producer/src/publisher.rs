@@ -19,7 +19,7 @@ use rdkafka::{
     error::{KafkaError, RDKafkaErrorCode},
     message::Message,
     producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
-    ClientContext,
+    ClientConfig, ClientContext,
 };
 
 /// Why publishing failed for good.
@@ -107,9 +107,15 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
+    /// A publisher with our producer defaults (`common::kafka::producer_config`).
     pub fn new(bootstrap_servers: &str, topic: &str) -> Result<Self, PublishError> {
+        Self::with_config(&producer_config(bootstrap_servers), topic)
+    }
+
+    /// A publisher with the given client configuration (e.g. `KafkaArgs::producer_config`).
+    pub fn with_config(config: &ClientConfig, topic: &str) -> Result<Self, PublishError> {
         let stats = Arc::new(DeliveryStats::default());
-        let producer = producer_config(bootstrap_servers)
+        let producer = config
             .create_with_context(DeliveryContext(stats.clone()))
             .map_err(PublishError::Create)?;
         Ok(Publisher {

@@ -1,0 +1,144 @@
+//! A window result as published on topic `aggregated_data` by the stream aggregator, in the
+//! original Spark job's JSON shape plus `is_final`, `first_rate` and `last_rate`:
+//! `{"window":{"start":"..","end":".."},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":30,
+//!   "avg_rate":..,"min_rate":..,"max_rate":..,"sum_rate":..,"first_rate":..,"last_rate":..,"is_final":false}`
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{format_time, parse_time, AssetId, ModelError};
+
+/// `[start, end)` in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WindowBounds {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// One emission of a window's aggregates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowResult {
+    pub window: WindowBounds,
+    pub base: AssetId,
+    pub quote: AssetId,
+    pub update_count: u64,
+    pub avg_rate: f64,
+    pub min_rate: f64,
+    pub max_rate: f64,
+    pub sum_rate: f64,
+    pub first_rate: f64,
+    pub last_rate: f64,
+    /// The watermark passed the window's end: this is the window's last emission.
+    pub is_final: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireWindow {
+    start: String,
+    end: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    window: WireWindow,
+    asset_id_base: String,
+    asset_id_quote: String,
+    update_count: u64,
+    avg_rate: f64,
+    min_rate: f64,
+    max_rate: f64,
+    sum_rate: f64,
+    #[serde(default)]
+    first_rate: Option<f64>,
+    #[serde(default)]
+    last_rate: Option<f64>,
+    #[serde(default)]
+    is_final: bool,
+}
+
+impl WindowResult {
+    pub fn to_json(&self) -> String {
+        let wire = Wire {
+            window: WireWindow {
+                start: format_time(self.window.start),
+                end: format_time(self.window.end),
+            },
+            asset_id_base: self.base.to_string(),
+            asset_id_quote: self.quote.to_string(),
+            update_count: self.update_count,
+            avg_rate: self.avg_rate,
+            min_rate: self.min_rate,
+            max_rate: self.max_rate,
+            sum_rate: self.sum_rate,
+            first_rate: Some(self.first_rate),
+            last_rate: Some(self.last_rate),
+            is_final: self.is_final,
+        };
+        serde_json::to_string(&wire).expect("a window result always serializes")
+    }
+
+    /// Parses one `aggregated_data` message. Messages of the original Spark job (no
+    /// `first_rate`/`last_rate`/`is_final`) are accepted; those fields default to 0/0/false.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
+        let wire: Wire = match serde_json::from_slice(bytes) {
+            Ok(w) => w,
+            Err(_) => return Err(crate::model::json_error_with_path::<Wire>(bytes)),
+        };
+        let time = |field: &'static str, s: &str| {
+            parse_time(s).ok_or_else(|| ModelError::InvalidField {
+                field,
+                value: s.chars().take(64).collect(),
+                reason: "not an RFC 3339 UTC timestamp",
+            })
+        };
+        let window = WindowBounds {
+            start: time("window.start", &wire.window.start)?,
+            end: time("window.end", &wire.window.end)?,
+        };
+        if window.end <= window.start {
+            return Err(ModelError::InvalidField {
+                field: "window.end",
+                value: wire.window.end,
+                reason: "must be after window.start",
+            });
+        }
+        Ok(WindowResult {
+            window,
+            base: AssetId::parse_field(&wire.asset_id_base, "asset_id_base")?,
+            quote: AssetId::parse_field(&wire.asset_id_quote, "asset_id_quote")?,
+            update_count: wire.update_count,
+            avg_rate: wire.avg_rate,
+            min_rate: wire.min_rate,
+            max_rate: wire.max_rate,
+            sum_rate: wire.sum_rate,
+            first_rate: wire.first_rate.unwrap_or(0.0),
+            last_rate: wire.last_rate.unwrap_or(0.0),
+            is_final: wire.is_final,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reads_the_original_shape() {
+        let original = br#"{"window":{"start":"2024-08-05T13:35:00.000Z","end":"2024-08-05T13:40:00.000Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":30,"avg_rate":2.0,"min_rate":1.0,"max_rate":3.0,"sum_rate":60.0}"#;
+        let w = WindowResult::from_json(original).unwrap();
+        assert_eq!(w.update_count, 30);
+        assert!(!w.is_final);
+        let mut f = w.clone();
+        f.is_final = true;
+        f.first_rate = 1.5;
+        assert_eq!(WindowResult::from_json(f.to_json().as_bytes()).unwrap(), f);
+    }
+
+    #[test]
+    fn bad_messages_name_the_field() {
+        let e = WindowResult::from_json(br#"{"window":{"start":"x","end":"2024-08-05T13:40:00Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":1,"avg_rate":1,"min_rate":1,"max_rate":1,"sum_rate":1}"#).unwrap_err();
+        assert_eq!(e.field(), Some("window.start"));
+        let e = WindowResult::from_json(br#"{"window":{"start":"2024-08-05T13:35:00Z","end":"2024-08-05T13:40:00Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":-1,"avg_rate":1,"min_rate":1,"max_rate":1,"sum_rate":1}"#).unwrap_err();
+        assert_eq!(e.field(), Some("update_count"), "{e}");
+    }
+}
