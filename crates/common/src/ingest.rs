@@ -114,8 +114,9 @@ pub struct IngestTotals {
     pub db_seconds: f64,
 }
 
+/// A rebalance seen by [`RebalanceLog`].
 #[derive(Debug)]
-enum RebalanceEvent {
+pub enum RebalanceEvent {
     Assigned(Vec<i32>),
     Revoked(Vec<i32>),
 }
@@ -184,7 +185,14 @@ impl ConsumerContext for RebalanceLog {
 }
 
 impl RebalanceLog {
-    fn drain(&self) -> Vec<RebalanceEvent> {
+    /// The consumer lag librdkafka last reported, summed over assigned partitions.
+    pub fn lag(&self) -> Option<i64> {
+        let lag = self.lag.load(Ordering::Relaxed);
+        (lag >= 0).then_some(lag)
+    }
+
+    /// The rebalances since the last call, in order.
+    pub fn drain(&self) -> Vec<RebalanceEvent> {
         std::mem::take(&mut *self.events.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }

@@ -28,6 +28,8 @@ pub struct WindowResult {
     pub sum_rate: f64,
     pub first_rate: f64,
     pub last_rate: f64,
+    /// Event time of the window's latest event (absent in the original Spark messages).
+    pub last_event_time: Option<DateTime<Utc>>,
     /// The watermark passed the window's end: this is the window's last emission.
     pub is_final: bool,
 }
@@ -52,6 +54,8 @@ struct Wire {
     first_rate: Option<f64>,
     #[serde(default)]
     last_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_event_time: Option<String>,
     #[serde(default)]
     is_final: bool,
 }
@@ -72,6 +76,7 @@ impl WindowResult {
             sum_rate: self.sum_rate,
             first_rate: Some(self.first_rate),
             last_rate: Some(self.last_rate),
+            last_event_time: self.last_event_time.map(format_time),
             is_final: self.is_final,
         };
         serde_json::to_string(&wire).expect("a window result always serializes")
@@ -113,6 +118,10 @@ impl WindowResult {
             sum_rate: wire.sum_rate,
             first_rate: wire.first_rate.unwrap_or(0.0),
             last_rate: wire.last_rate.unwrap_or(0.0),
+            last_event_time: match wire.last_event_time.as_deref() {
+                Some(t) => Some(time("last_event_time", t)?),
+                None => None,
+            },
             is_final: wire.is_final,
         })
     }
@@ -131,6 +140,7 @@ mod tests {
         let mut f = w.clone();
         f.is_final = true;
         f.first_rate = 1.5;
+        f.last_event_time = Some(f.window.start);
         assert_eq!(WindowResult::from_json(f.to_json().as_bytes()).unwrap(), f);
     }
 

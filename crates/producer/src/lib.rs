@@ -144,9 +144,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 late_by: settings.late_by,
             };
             tracing::info!(pairs = config.pairs.len(), seed = config.seed, rate = settings.rate, count = ?settings.count, "simulating");
-            let (rate, count, every) = (settings.rate, settings.count, settings.stats_interval);
+            let run = SimRun {
+                rate: settings.rate,
+                count: settings.count,
+                stats_every: settings.stats_interval,
+                event_interval: settings.event_interval,
+                event_start: settings.event_start,
+            };
             tokio::task::spawn_blocking(move || {
-                run_simulate(&config, rate, count, every, publisher, reporter, shutdown)
+                run_simulate(&config, &run, publisher, reporter, shutdown)
             })
             .await?
         }
@@ -230,15 +236,24 @@ async fn run_coinapi(
     Ok(())
 }
 
-fn run_simulate(
-    config: &SimConfig,
+/// Pacing of a simulated run.
+#[derive(Debug, Clone)]
+struct SimRun {
     rate: f64,
     count: Option<u64>,
     stats_every: Duration,
+    event_interval: Option<Duration>,
+    event_start: Option<chrono::DateTime<Utc>>,
+}
+
+fn run_simulate(
+    config: &SimConfig,
+    run: &SimRun,
     mut publisher: Publisher,
     reporter: Reporter,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let (rate, count, stats_every) = (run.rate, run.count, run.stats_every);
     let mut sim = Simulator::new(config);
     let mut totals = Totals {
         started: Some(Instant::now()),
@@ -247,6 +262,15 @@ fn run_simulate(
     let start = Instant::now();
     let mut next_report = start + stats_every;
     let per_event = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+    // Simulated event time ends "now" for a counted run.
+    let event_step = run
+        .event_interval
+        .map(|d| chrono::Duration::from_std(d).unwrap_or_default());
+    let event_origin = match (run.event_start, event_step, count) {
+        (Some(start), _, _) => start,
+        (None, Some(step), Some(n)) => Utc::now() - step * n.min(i32::MAX as u64) as i32,
+        _ => Utc::now(),
+    };
     while count.is_none_or(|c| totals.produced < c) && !shutdown.is_cancelled() {
         if let Some(step) = per_event {
             let due = start + step.mul_f64(totals.produced as f64);
@@ -255,8 +279,12 @@ fn run_simulate(
                 std::thread::sleep(due - now);
             }
         }
-        let now = Utc::now();
-        sim.generate(now);
+        let wall = Utc::now();
+        let now = match event_step {
+            Some(step) => event_origin + step * totals.produced.min(i32::MAX as u64) as i32,
+            None => wall,
+        };
+        sim.generate_at(now, wall);
         totals.produced += 1;
         while let Some(u) = sim.pop_ready(now) {
             publisher.send(&u)?;

@@ -117,6 +117,14 @@ pub struct Settings {
     #[arg(long = "late-by", env = "SIM_LATE_BY", value_name = "SIM_LATE_BY", default_value = "15m", value_parser = parse_duration, help_heading = "Simulator")]
     pub late_by: Duration,
 
+    /// Simulated event time: advance the event clock by this much per event instead of following
+    /// the wall clock (the run then covers count x interval of event time, ending now).
+    #[arg(long = "event-interval", env = "SIM_EVENT_INTERVAL", value_name = "SIM_EVENT_INTERVAL", value_parser = parse_duration, help_heading = "Simulator")]
+    pub event_interval: Option<Duration>,
+    /// With --event-interval: the first event's time (RFC 3339); default so the run ends now.
+    #[arg(long = "event-start", env = "SIM_EVENT_START", value_name = "SIM_EVENT_START", value_parser = parse_start, help_heading = "Simulator")]
+    pub event_start: Option<chrono::DateTime<chrono::Utc>>,
+
     /// File of JSON lines to replay; `-` for stdin.
     #[arg(
         long = "file",
@@ -135,6 +143,11 @@ pub struct Settings {
     pub mysql: MySqlArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+}
+
+fn parse_start(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    common::model::parse_time(s)
+        .ok_or_else(|| "expected an RFC 3339 time such as 2024-08-05T13:00:00Z".into())
 }
 
 fn non_negative(s: &str) -> Result<f64, String> {

@@ -117,8 +117,18 @@ impl Simulator {
         }
     }
 
+    /// Generates one event at time `now` and queues it for release; `received_at` is when the
+    /// producer "received" it (the wall clock; equal to `now` unless event time is simulated).
+    pub fn generate_at(&mut self, now: DateTime<Utc>, received_at: DateTime<Utc>) {
+        self.generate_inner(now, received_at)
+    }
+
     /// Generates one event at wall time `now` and queues it for release.
     pub fn generate(&mut self, now: DateTime<Utc>) {
+        self.generate_inner(now, now)
+    }
+
+    fn generate_inner(&mut self, now: DateTime<Utc>, received_at: DateTime<Utc>) {
         let now_us = now.timestamp_micros() & !1;
         let i = self.rng.random_range(0..self.states.len());
         let s = &mut self.states[i];
@@ -140,8 +150,8 @@ impl Simulator {
             (s.last_us, s.last_us + delay)
         };
         let time = DateTime::from_timestamp_micros(time_us).expect("simulated time in range");
-        let update =
-            RateUpdate::new(time, s.pair, s.rate, Some(now)).expect("simulated rate is positive");
+        let update = RateUpdate::new(time, s.pair, s.rate, Some(received_at))
+            .expect("simulated rate is positive");
         self.seq += 1;
         self.pending.push(Reverse(Pending {
             release_us,

@@ -1,39 +1,702 @@
 //! stream-aggregator: event-time windowed aggregation of `raw_coin_data` into table `stream_agg`
-//! and topic `aggregated_data`.
+//! and topic `aggregated_data`, exactly once in MySQL.
+//!
+//! - [`engine`]: the pure window engine (semantics in its docs and the README).
+//! - [`store`]: restoring a partition's state and writing a flush in one transaction.
+//! - This module: the loop. Each Kafka partition has its own engine (a pair lives on one
+//!   partition), restored from MySQL on the partition's first message after an assignment; the
+//!   consumer moves to MySQL's stored offset, Kafka's group offset being only a hint. Every
+//!   `--flush-interval` one transaction holds the `stream_agg` upserts, late events, dead
+//!   letters, the duplicate log, each touched partition's open-window state and next offset, and
+//!   the emissions as an outbox. After the commit the emissions are published to the output topic
+//!   (at least once: the outbox is re-published after a crash).
 
-use clap::Parser;
-use common::config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs};
+pub mod engine;
+pub mod seen_codec;
+pub mod settings;
+pub mod store;
 
-/// Settings of the stream aggregator.
-#[derive(Debug, Parser)]
-#[command(
-    name = "stream-aggregator",
-    version,
-    about = "Windowed aggregation of rate updates"
-)]
-pub struct Settings {
-    /// Topic to read rate updates from.
-    #[arg(long = "topic", env = "RAW_TOPIC", value_name = "RAW_TOPIC", default_value = "raw_coin_data", value_parser = non_empty)]
-    pub topic: String,
-    /// Topic to publish window results to.
-    #[arg(long = "output-topic", env = "AGG_TOPIC", value_name = "AGG_TOPIC", default_value = "aggregated_data", value_parser = non_empty)]
-    pub output_topic: String,
-    /// Kafka consumer group.
-    #[arg(long = "group", env = "AGGREGATOR_GROUP", value_name = "AGGREGATOR_GROUP", default_value = "stream-aggregator", value_parser = non_empty)]
-    pub group: String,
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub mysql: MySqlArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, Utc};
+use common::{
+    ingest::{RebalanceEvent, RebalanceLog},
+    stats::{Counters, StatsRecorder},
+    window::{WindowBounds, WindowResult},
+    RateUpdate,
+};
+use futures::{FutureExt, StreamExt};
+use hdrhistogram::Histogram;
+use rdkafka::{
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    producer::{FutureProducer, FutureRecord},
+    Message, Offset, TopicPartitionList,
+};
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::Settings;
+
+use crate::{
+    engine::{Applied, Emission, Mode, PartitionEngine, WindowSpec},
+    store::{DeadRow, FlushOutcome, LateRow, PartFlush, StoredState},
+};
+
+const SERVICE: &str = "stream-aggregator";
+/// Messages taken per wake-up before checking timers and signals again.
+const DRAIN: usize = 4096;
+/// Events applied since the last flush that trigger a flush before the interval (bounds memory).
+const MAX_PENDING: usize = 20_000;
+
+/// One partition's engine and what it has not written yet.
+struct Part {
+    engine: PartitionEngine,
+    /// Next offset to apply.
+    next_offset: i64,
+    /// The next offset MySQL holds (fencing); `None` before the first write.
+    stored_offset: Option<i64>,
+    seen_seq: i64,
+    last_event: Instant,
+    late: Vec<LateRow>,
+    dead: Vec<DeadRow>,
+    /// `received_at` (µs) of events applied since the last flush, for the latency figures.
+    received: Vec<i64>,
+    /// Results not yet confirmed published.
+    unpublished: Vec<WindowResult>,
+    changed: bool,
+    /// Whether the consumer was moved to MySQL's offset in this assignment.
+    seeked: bool,
 }
 
-/// Runs the aggregator until it is asked to stop.
+/// Counters of a run.
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub events: u64,
+    pub applied: u64,
+    pub late: u64,
+    pub partly_late: u64,
+    pub duplicates: u64,
+    pub dead_letters: u64,
+    pub already_applied: u64,
+    pub windows_emitted: u64,
+    pub flushes: u64,
+    pub db_retries: u64,
+}
+
+struct Aggregator<'a> {
+    settings: &'a Settings,
+    spec: WindowSpec,
+    mode: Mode,
+    pool: &'a MySqlPool,
+    consumer: &'a StreamConsumer<RebalanceLog>,
+    producer: &'a FutureProducer,
+    parts: HashMap<i32, Part>,
+    totals: Totals,
+    latency_us: Histogram<u64>,
+    assigned_once: bool,
+    first_event: Option<Instant>,
+    /// When the latest event was applied (with `first_event`: the processing time).
+    last_event: Option<Instant>,
+    /// Events handled since the last flush.
+    pending: usize,
+    /// Partitions assigned whose state is still to be loaded.
+    to_restore: Vec<i32>,
+}
+
+/// Runs the aggregator until it is asked to stop (or `--exit-idle`).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let topics = [settings.topic.as_str(), settings.output_topic.as_str()];
-    let pool = common::prepare(&settings.mysql, Some((&settings.kafka, &topics))).await?;
-    tracing::info!(topic = %settings.topic, output = %settings.output_topic, "stream-aggregator ready (the window engine arrives with its issue)");
+    let spec = settings.spec()?;
+    let pool = common::prepare(
+        &settings.mysql,
+        Some((
+            &settings.kafka,
+            &[settings.topic.as_str(), settings.output_topic.as_str()],
+        )),
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO stream_agg_spec (consumer_group, window_us, slide_us, watermark_us, mode, updated_at) \
+         VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE window_us = VALUES(window_us), \
+         slide_us = VALUES(slide_us), watermark_us = VALUES(watermark_us), mode = VALUES(mode), updated_at = VALUES(updated_at)",
+    )
+    .bind(&settings.group)
+    .bind(spec.size_us)
+    .bind(spec.slide_us)
+    .bind(settings.lateness_us())
+    .bind(format!("{:?}", settings.mode).to_lowercase())
+    .execute(&pool)
+    .await?;
+    let mut config =
+        common::kafka::consumer_config(&settings.kafka.bootstrap_servers, &settings.group);
+    // Latency: a fetch that finds nothing new returns within 10 ms (brokers that hold an empty
+    // fetch for the whole wait, like librdkafka's mock cluster, otherwise add up to 500 ms).
+    config.set("fetch.wait.max.ms", "10");
+    settings.kafka.consumer_properties.apply(&mut config);
+    let consumer: StreamConsumer<RebalanceLog> = config
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.session_timeout.as_millis() / 4)
+                .max(100)
+                .to_string(),
+        )
+        .set(
+            "statistics.interval.ms",
+            settings.stats_interval.as_millis().to_string(),
+        )
+        .create_with_context(RebalanceLog::default())?;
+    consumer.subscribe(&[&settings.topic])?;
+    let producer: FutureProducer = settings.kafka.producer_config().create()?;
+    tracing::info!(
+        topic = %settings.topic, output = %settings.output_topic, group = %settings.group,
+        window = ?settings.window, slide = ?settings.slide, watermark = ?settings.watermark,
+        mode = ?settings.mode, flush_interval = ?settings.flush_interval,
+        "aggregating"
+    );
+    let mut agg = Aggregator {
+        settings: &settings,
+        spec,
+        mode: settings.engine_mode(),
+        pool: &pool,
+        consumer: &consumer,
+        producer: &producer,
+        parts: HashMap::new(),
+        totals: Totals::default(),
+        latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
+        assigned_once: false,
+        first_event: None,
+        last_event: None,
+        pending: 0,
+        to_restore: Vec::new(),
+    };
+    let shutdown = common::shutdown::on_signal();
+    let result = agg.run(shutdown).await;
+    tracing::info!(totals = ?agg.totals, "stream-aggregator stopped");
     pool.close().await;
-    Ok(())
+    result
+}
+
+impl Aggregator<'_> {
+    async fn run(&mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let recorder = StatsRecorder::new(self.pool.clone(), SERVICE);
+        let mut flush_tick = tokio::time::interval(self.settings.flush_interval);
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stats_tick = tokio::time::interval(self.settings.stats_interval);
+        stats_tick.tick().await;
+        let far = Duration::from_secs(365 * 24 * 3600);
+        let mut last_activity = Instant::now();
+        loop {
+            let idle_due = self.settings.exit_idle.map_or(far, |d| {
+                (last_activity + d).saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    tracing::info!("stopping: writing results, state and offsets");
+                    self.apply_rebalances();
+                    self.flush(true).await?;
+                    break;
+                }
+                msg = self.consumer.recv() => {
+                    if self.apply_rebalances() {
+                        last_activity = Instant::now();
+                    }
+                    self.restore_assigned().await?;
+                    match msg {
+                        Ok(m) => {
+                            let now = Instant::now();
+                            last_activity = now;
+                            let (p, o) = (m.partition(), m.offset());
+                            self.handle(now, p, o, m.key(), m.payload().unwrap_or_default()).await?;
+                            drop(m);
+                            // Take what is already fetched without going back through the select.
+                            let consumer = self.consumer;
+                            let mut stream = consumer.stream();
+                            for _ in 0..DRAIN {
+                                match stream.next().now_or_never() {
+                                    Some(Some(Ok(m))) => {
+                                        self.handle(now, m.partition(), m.offset(), m.key(), m.payload().unwrap_or_default()).await?;
+                                    }
+                                    _ => break,
+                                }
+                            }
+                            if self.apply_rebalances() {
+                                last_activity = Instant::now();
+                            }
+                            if self.pending >= MAX_PENDING {
+                                self.flush(false).await?;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Kafka consumer error");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+                _ = flush_tick.tick() => {
+                    if self.apply_rebalances() {
+                        last_activity = Instant::now();
+                    }
+                    self.restore_assigned().await?;
+                    self.flush(false).await?;
+                }
+                _ = stats_tick.tick() => self.report(&recorder).await,
+                _ = tokio::time::sleep(idle_due), if self.settings.exit_idle.is_some() => {
+                    if self.apply_rebalances() || !self.assigned_once {
+                        last_activity = Instant::now();
+                        continue;
+                    }
+                    self.restore_assigned().await?;
+                    tracing::info!(idle = ?self.settings.exit_idle, "caught up and idle: writing and exiting (open windows stay stored)");
+                    self.flush(true).await?;
+                    break;
+                }
+            }
+        }
+        self.report(&recorder).await;
+        Ok(())
+    }
+
+    /// Drops the engines of revoked partitions (their state as of the last flush is in MySQL;
+    /// the new owner continues from there). Returns whether any rebalance happened.
+    fn apply_rebalances(&mut self) -> bool {
+        let events = self.consumer.context().drain();
+        let any = !events.is_empty();
+        for e in events {
+            match e {
+                RebalanceEvent::Assigned(ps) => {
+                    self.assigned_once = true;
+                    for p in &ps {
+                        self.parts.remove(p);
+                    }
+                    // Loaded at once, not on the first message: a partition that gets no more
+                    // messages must still see its watermark follow the clock and its windows close.
+                    self.to_restore.extend(ps);
+                }
+                RebalanceEvent::Revoked(ps) => {
+                    self.to_restore.retain(|p| !ps.contains(p));
+                    for p in ps {
+                        if self.parts.remove(&p).is_some_and(|part| part.changed) {
+                            tracing::info!(partition = p, "revoked with unwritten changes: abandoned, the new owner re-reads them");
+                        }
+                    }
+                }
+            }
+        }
+        any
+    }
+
+    /// Loads the partitions assigned since the last call.
+    async fn restore_assigned(&mut self) -> anyhow::Result<()> {
+        while let Some(p) = self.to_restore.pop() {
+            if !self.parts.contains_key(&p) {
+                self.restore(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores a partition's engine from MySQL and re-publishes its outbox.
+    async fn restore(&mut self, p: i32) -> anyhow::Result<()> {
+        let restored = store::restore(
+            self.pool,
+            &self.settings.group,
+            &self.settings.topic,
+            p,
+            self.spec,
+            self.settings.lateness_us(),
+        )
+        .await?;
+        let unpublished: Vec<WindowResult> = restored
+            .unpublished
+            .iter()
+            .filter_map(|j| WindowResult::from_json(j.as_bytes()).ok())
+            .collect();
+        tracing::info!(partition = p, next_offset = ?restored.next_offset, open_windows = restored.engine.open_windows(), "partition state restored");
+        let mut part = Part {
+            engine: restored.engine,
+            // -1: not known yet, taken from the first message.
+            next_offset: restored.next_offset.unwrap_or(-1),
+            stored_offset: restored.next_offset,
+            seen_seq: restored.seen_seq,
+            last_event: Instant::now(),
+            late: Vec::new(),
+            dead: Vec::new(),
+            received: Vec::new(),
+            unpublished: Vec::new(),
+            changed: false,
+            seeked: false,
+        };
+        // Emissions committed before a crash but maybe not published: publish them again.
+        if !unpublished.is_empty() {
+            part.unpublished = self.publish(&unpublished).await;
+        }
+        self.parts.insert(p, part);
+        Ok(())
+    }
+
+    /// Applies one message; `now` is the time of the current drain (one clock read per drain).
+    async fn handle(
+        &mut self,
+        now: Instant,
+        p: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        if !self.parts.contains_key(&p) {
+            self.restore(p).await?;
+        }
+        let part = self.parts.get_mut(&p).expect("present");
+        if part.next_offset < 0 {
+            part.next_offset = offset;
+        }
+        if offset < part.next_offset {
+            // Applied before (Kafka's hint was behind MySQL): skip, and jump once if far behind.
+            self.totals.already_applied += 1;
+            if offset + 1 < part.next_offset && !part.seeked {
+                part.seeked = true;
+                self.consumer.seek(
+                    &self.settings.topic,
+                    p,
+                    Offset::Offset(part.next_offset),
+                    Duration::from_secs(10),
+                )?;
+            }
+            return Ok(());
+        }
+        if offset > part.next_offset && !part.seeked {
+            // Kafka's hint is ahead of MySQL: go back once (a gap that remains is a real one).
+            part.seeked = true;
+            tracing::info!(
+                partition = p,
+                kafka = offset,
+                mysql = part.next_offset,
+                "resuming from the offset stored in MySQL"
+            );
+            self.consumer.seek(
+                &self.settings.topic,
+                p,
+                Offset::Offset(part.next_offset),
+                Duration::from_secs(10),
+            )?;
+            return Ok(());
+        }
+        part.next_offset = offset + 1;
+        part.last_event = now;
+        part.changed = true;
+        self.totals.events += 1;
+        self.pending += 1;
+        self.first_event.get_or_insert(now);
+        self.last_event = Some(now);
+        let update = match RateUpdate::from_json(payload) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(topic = %self.settings.topic, partition = p, offset, error = %e, "malformed message: kept in dead_letters");
+                self.totals.dead_letters += 1;
+                part.dead.push(DeadRow {
+                    offset,
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    error: e.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        let time = update.time.timestamp_micros();
+        let late_row = |watermark_us, missed, applied| LateRow {
+            offset,
+            pair: update.pair,
+            rate: update.rate,
+            time_us: time,
+            watermark_us,
+            missed,
+            applied,
+        };
+        match part.engine.apply(update.pair, time, update.rate) {
+            Applied::Accepted => {
+                self.totals.applied += 1;
+                part.received
+                    .push(update.received_at.map_or(time, |r| r.timestamp_micros()));
+            }
+            Applied::PartlyLate { watermark, closed } => {
+                self.totals.applied += 1;
+                self.totals.partly_late += 1;
+                part.received
+                    .push(update.received_at.map_or(time, |r| r.timestamp_micros()));
+                part.late.push(late_row(watermark, closed, true));
+            }
+            Applied::Late { watermark } => {
+                self.totals.late += 1;
+                let missed = self.spec.starts(time).count() as u32;
+                part.late.push(late_row(watermark, missed, false));
+            }
+            Applied::Duplicate => self.totals.duplicates += 1,
+        }
+        Ok(())
+    }
+
+    /// Writes everything pending in one transaction (retrying), then publishes the emissions.
+    async fn flush(&mut self, stopping: bool) -> anyhow::Result<()> {
+        self.pending = 0;
+        let now = Utc::now();
+        let idle_wm = now.timestamp_micros() - self.settings.lateness_us();
+        let mut flushes = Vec::new();
+        for (&p, part) in self.parts.iter_mut() {
+            if part.next_offset < 0 {
+                // Nothing read or stored for this partition yet.
+                continue;
+            }
+            if part.last_event.elapsed() >= self.settings.idle_timeout {
+                part.engine.advance_to(idle_wm);
+            }
+            let emissions = part.engine.take_emissions(self.mode);
+            let new_seen = part.engine.take_new_seen();
+            if emissions.is_empty() && !part.changed && part.unpublished.is_empty() {
+                continue;
+            }
+            let seen = (!new_seen.is_empty()).then(|| {
+                let (bytes, max) = seen_codec::encode(&new_seen);
+                (part.seen_seq + 1, max, bytes)
+            });
+            let results: Vec<WindowResult> = emissions.iter().map(to_result).collect();
+            let mut unpublished = part.unpublished.clone();
+            unpublished.extend(results.iter().cloned());
+            let unpublished_json: Vec<String> =
+                unpublished.iter().map(WindowResult::to_json).collect();
+            let state = StoredState {
+                spec: self.spec,
+                lateness_us: self.settings.lateness_us(),
+                snapshot: part.engine.snapshot(),
+            };
+            flushes.push(PartFlush {
+                partition: p,
+                base_offset: part.stored_offset,
+                next_offset: part.next_offset,
+                state: serde_json::to_vec(&state)?,
+                results,
+                emissions,
+                late: std::mem::take(&mut part.late),
+                dead: std::mem::take(&mut part.dead),
+                seen_seq: seen.as_ref().map_or(part.seen_seq, |s| s.0),
+                seen,
+                seen_horizon: part.engine.seen_horizon(),
+                unpublished: serde_json::to_vec(&unpublished_json)?,
+            });
+        }
+        if flushes.is_empty() {
+            return Ok(());
+        }
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store::write_flush(
+                self.pool,
+                &self.settings.group,
+                &self.settings.topic,
+                SERVICE,
+                &flushes,
+            )
+            .await
+            {
+                Ok(FlushOutcome::Committed) => break,
+                Ok(FlushOutcome::Fenced(ps)) => {
+                    tracing::warn!(partitions = ?ps, "MySQL offsets moved under us (another instance owns these partitions): dropping their state");
+                    for p in &ps {
+                        self.parts.remove(p);
+                    }
+                    flushes.retain(|f| !ps.contains(&f.partition));
+                    if flushes.is_empty() {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    self.totals.db_retries += 1;
+                    tracing::warn!(error = %e, retry_in = ?delay, "writing the flush failed; retrying (offsets not committed)");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.totals.flushes += 1;
+        let committed = Utc::now().timestamp_micros();
+        let mut tpl = TopicPartitionList::new();
+        let mut to_publish: Vec<(i32, WindowResult)> = Vec::new();
+        for f in flushes {
+            let Some(part) = self.parts.get_mut(&f.partition) else {
+                continue;
+            };
+            part.stored_offset = Some(f.next_offset);
+            part.seen_seq = f.seen_seq;
+            part.changed = false;
+            for r in part.received.drain(..) {
+                let _ = self.latency_us.record((committed - r).max(1) as u64);
+            }
+            self.totals.windows_emitted += f.emissions.len() as u64;
+            let p = f.partition;
+            to_publish.extend(
+                std::mem::take(&mut part.unpublished)
+                    .into_iter()
+                    .map(|r| (p, r)),
+            );
+            to_publish.extend(f.results.into_iter().map(|r| (p, r)));
+            tpl.add_partition_offset(
+                &self.settings.topic,
+                f.partition,
+                Offset::Offset(f.next_offset),
+            )?;
+        }
+        let results: Vec<WindowResult> = to_publish.iter().map(|(_, r)| r.clone()).collect();
+        let failed = self.publish(&results).await;
+        // Undelivered results stay in their partition's outbox and go again with the next flush.
+        for r in failed {
+            if let Some((p, _)) = to_publish.iter().find(|(_, x)| *x == r) {
+                if let Some(part) = self.parts.get_mut(p) {
+                    part.unpublished.push(r);
+                }
+            }
+        }
+        let mode = if stopping {
+            CommitMode::Sync
+        } else {
+            CommitMode::Async
+        };
+        if let Err(e) = self.consumer.commit(&tpl, mode) {
+            tracing::debug!(error = %e, "committing Kafka offsets failed (MySQL holds the offsets that count)");
+        }
+        Ok(())
+    }
+
+    /// Publishes results keyed `BASE/QUOTE`; returns those not delivered.
+    async fn publish(&self, results: &[WindowResult]) -> Vec<WindowResult> {
+        let mut pending = Vec::with_capacity(results.len());
+        for r in results {
+            let key = format!("{}/{}", r.base, r.quote);
+            let payload = r.to_json();
+            let record = FutureRecord::to(&self.settings.output_topic)
+                .key(&key)
+                .payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(f) => pending.push((r, f)),
+                Err((e, _)) => {
+                    tracing::warn!(error = %e, "enqueueing a window result failed");
+                    return results.to_vec();
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for (r, f) in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    tracing::warn!(error = %e, "publishing a window result failed; kept for the next flush");
+                    failed.push(r.clone());
+                }
+                Err(_) => failed.push(r.clone()),
+            }
+        }
+        failed
+    }
+
+    async fn report(&self, recorder: &StatsRecorder) {
+        let now = Utc::now().timestamp_micros();
+        let watermark_lag_s = self
+            .parts
+            .values()
+            .map(|p| p.engine.watermark())
+            .filter(|w| *w > i64::MIN)
+            .map(|w| (now - w) as f64 / 1e6)
+            .fold(None, |acc: Option<f64>, x| {
+                Some(acc.map_or(x, |a| a.max(x)))
+            });
+        let h = &self.latency_us;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let active = match (self.first_event, self.last_event) {
+            (Some(f), Some(l)) => (l - f).as_secs_f64(),
+            _ => 0.0,
+        };
+        let mut details = serde_json::Map::new();
+        details.insert("applied".into(), self.totals.applied.into());
+        details.insert("duplicates".into(), self.totals.duplicates.into());
+        details.insert("partly_late".into(), self.totals.partly_late.into());
+        details.insert("windows_emitted".into(), self.totals.windows_emitted.into());
+        details.insert(
+            "open_windows".into(),
+            self.parts
+                .values()
+                .map(|p| p.engine.open_windows())
+                .sum::<usize>()
+                .into(),
+        );
+        details.insert("flushes".into(), self.totals.flushes.into());
+        details.insert("db_retries".into(), self.totals.db_retries.into());
+        details.insert("latency_samples".into(), h.len().into());
+        details.insert("latency_p50_ms".into(), ms(0.5).into());
+        details.insert("latency_p95_ms".into(), ms(0.95).into());
+        details.insert("latency_p99_ms".into(), ms(0.99).into());
+        details.insert("latency_max_ms".into(), (h.max() as f64 / 1000.0).into());
+        details.insert("processing_seconds".into(), active.into());
+        if let Some(l) = watermark_lag_s {
+            details.insert("watermark_lag_seconds".into(), l.into());
+        }
+        let lag = self.consumer.context().lag();
+        let counters = Counters {
+            events_in: self.totals.events,
+            events_out: self.totals.windows_emitted,
+            dead_letters: self.totals.dead_letters,
+            late_events: self.totals.late,
+            consumer_lag: lag,
+            details,
+        };
+        let usage = match recorder.record(&counters).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store statistics");
+                common::stats::process_usage()
+            }
+        };
+        tracing::info!(
+            events = self.totals.events,
+            applied = self.totals.applied,
+            late = self.totals.late,
+            duplicates = self.totals.duplicates,
+            dead_letters = self.totals.dead_letters,
+            windows_emitted = self.totals.windows_emitted,
+            watermark_lag_seconds = ?watermark_lag_s,
+            latency_p50_ms = ms(0.5),
+            latency_p99_ms = ms(0.99),
+            processing_seconds = active,
+            latency_p95_ms = ms(0.95),
+            latency_max_ms = h.max() as f64 / 1000.0,
+            cpu_seconds = usage.cpu_seconds,
+            peak_rss_mb = usage.peak_rss_bytes as f64 / 1_048_576.0,
+            "stream-aggregator statistics"
+        );
+    }
+}
+
+fn to_result(e: &Emission) -> WindowResult {
+    let dt = |us: i64| DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
+    WindowResult {
+        window: WindowBounds {
+            start: dt(e.start),
+            end: dt(e.end),
+        },
+        base: e.pair.base,
+        quote: e.pair.quote,
+        update_count: e.agg.count,
+        avg_rate: e.agg.avg(),
+        min_rate: e.agg.min,
+        max_rate: e.agg.max,
+        sum_rate: e.agg.sum,
+        first_rate: e.agg.first_rate,
+        last_rate: e.agg.last_rate,
+        last_event_time: Some(dt(e.agg.last_time)),
+        is_final: e.is_final,
+    }
 }

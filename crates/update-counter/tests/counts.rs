@@ -27,6 +27,7 @@ fn emission(pair: (&str, &str), window: i64, count: u64, is_final: bool) -> Wind
         sum_rate: count as f64,
         first_rate: 1.0,
         last_rate: 1.0,
+        last_event_time: Some(start),
         is_final,
     }
 }

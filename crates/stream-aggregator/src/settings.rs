@@ -1,0 +1,105 @@
+//! The stream aggregator's settings (flags and environment variables; see the README's table).
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use common::config::{non_empty, parse_duration, ConfigError, KafkaArgs, MySqlArgs, TelemetryArgs};
+
+use crate::engine::{Mode, WindowSpec};
+
+/// Output mode (see the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputMode {
+    /// Changed windows are upserted at every flush; `is_final` set when the window closes.
+    Update,
+    /// Each window written once, when it closes.
+    Append,
+}
+
+/// Settings of the stream aggregator.
+#[derive(Debug, Parser)]
+#[command(
+    name = "stream-aggregator",
+    version,
+    about = "Event-time windowed aggregation of rate updates"
+)]
+pub struct Settings {
+    /// Topic to read rate updates from.
+    #[arg(long = "topic", env = "RAW_TOPIC", value_name = "RAW_TOPIC", default_value = "raw_coin_data", value_parser = non_empty)]
+    pub topic: String,
+    /// Topic to publish window results to.
+    #[arg(long = "output-topic", env = "AGG_TOPIC", value_name = "AGG_TOPIC", default_value = "aggregated_data", value_parser = non_empty)]
+    pub output_topic: String,
+    /// Kafka consumer group (also the key of the aggregator's state in MySQL).
+    #[arg(long = "group", env = "AGGREGATOR_GROUP", value_name = "AGGREGATOR_GROUP", default_value = "stream-aggregator", value_parser = non_empty)]
+    pub group: String,
+    /// Window size.
+    #[arg(long = "window", env = "WINDOW", value_name = "WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub window: Duration,
+    /// Slide for sliding windows (default: tumbling, slide = window).
+    #[arg(long = "slide", env = "SLIDE", value_name = "SLIDE", value_parser = parse_duration)]
+    pub slide: Option<Duration>,
+    /// Allowed lateness: watermark = largest event time seen minus this.
+    #[arg(long = "watermark", env = "WATERMARK", value_name = "WATERMARK", default_value = "10m", value_parser = parse_duration)]
+    pub watermark: Duration,
+    /// After this long without events on a partition its watermark follows the wall clock.
+    #[arg(long = "idle-timeout", env = "IDLE_TIMEOUT", value_name = "IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Output mode.
+    #[arg(
+        long = "mode",
+        env = "AGG_MODE",
+        value_name = "AGG_MODE",
+        default_value = "update",
+        value_enum
+    )]
+    pub mode: OutputMode,
+    /// Write results, state and offsets this often (one transaction).
+    #[arg(long = "flush-interval", env = "FLUSH_INTERVAL", value_name = "FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Exit 0 once caught up and idle this long (open windows stay stored as state).
+    #[arg(long = "exit-idle", env = "EXIT_IDLE", value_name = "EXIT_IDLE", value_parser = parse_duration)]
+    pub exit_idle: Option<Duration>,
+    /// Log and store statistics this often.
+    #[arg(long = "stats-interval", env = "STATS_INTERVAL", value_name = "STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+    /// Kafka consumer session timeout: how soon a dead instance's partitions move to another.
+    #[arg(long = "session-timeout", env = "KAFKA_SESSION_TIMEOUT", value_name = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub mysql: MySqlArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Settings {
+    /// The window spec, checked: a window of at least 1 ms, a slide no longer than the window
+    /// that divides it.
+    pub fn spec(&self) -> Result<WindowSpec, ConfigError> {
+        let size = self.window.as_micros() as i64;
+        if size < 1_000 {
+            return Err(ConfigError::new("WINDOW", "must be at least 1ms"));
+        }
+        let slide = self.slide.map_or(size, |s| s.as_micros() as i64);
+        if slide <= 0 || slide > size || size % slide != 0 {
+            return Err(ConfigError::new(
+                "SLIDE",
+                "must be positive, at most WINDOW, and divide WINDOW",
+            ));
+        }
+        Ok(WindowSpec::sliding(size, slide))
+    }
+
+    pub fn lateness_us(&self) -> i64 {
+        self.watermark.as_micros() as i64
+    }
+
+    pub fn engine_mode(&self) -> Mode {
+        match self.mode {
+            OutputMode::Update => Mode::Update,
+            OutputMode::Append => Mode::Append,
+        }
+    }
+}
