@@ -161,6 +161,8 @@ db_up() {
       done
       # The services: data access and the DDL their embedded migrations run, on their database only.
       echo "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES ON \`$APP_DB\`.* TO '$APP_USER'@'$host';"
+      # The demo (scripts/demo.sh) resets its own database each run.
+      echo "GRANT ALL PRIVILEGES ON \`coinstream_demo\`.* TO '$APP_USER'@'$host';"
       # The test kit: creates and drops its own cstest_* databases, nothing else.
       echo "GRANT ALL PRIVILEGES ON \`cstest\\_%\`.* TO '$TEST_USER'@'$host';"
     done

@@ -17,7 +17,7 @@
 //! owner resumes from the last committed offset).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     future::Future,
     pin::Pin,
     sync::{
@@ -240,11 +240,11 @@ pub async fn run<S: Sink>(
         target,
         consumer: &consumer,
         stored: HashMap::new(),
-        seeked_back: HashSet::new(),
         batch: Vec::with_capacity(args.batch_size as usize),
         totals: IngestTotals::default(),
         first_message: None,
         assigned_once: false,
+        held: 0,
     };
     let recorder = StatsRecorder::new(pool.clone(), target.service);
     let batch_size = args.batch_size as usize;
@@ -329,8 +329,15 @@ pub async fn run<S: Sink>(
                 // Idle counts from the last message or rebalance, and only once this instance
                 // has been given its partitions: a new member waiting for a dead one's session to
                 // expire is not caught up.
-                if ingest.apply_rebalances() || !ingest.assigned_once {
-                    last_activity = Instant::now();
+                let idle = last_activity.elapsed();
+                let waited_empty = args.exit_idle.is_some_and(|d| idle >= d * 3);
+                if ingest.apply_rebalances() || !ingest.assigned_once || (ingest.held == 0 && !waited_empty) {
+                    // An empty assignment may only mean a dead instance still holds the
+                    // partitions: wait for them a while longer before calling it caught up.
+                    if ingest.held > 0 || !ingest.assigned_once {
+                        last_activity = Instant::now();
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
                 tracing::info!(idle = ?args.exit_idle, "caught up and idle: exiting");
@@ -392,13 +399,13 @@ struct Ingest<'a, S: Sink> {
     consumer: &'a StreamConsumer<RebalanceLog>,
     /// MySQL's next offset per assigned partition, once loaded (`None`: no row yet).
     stored: HashMap<i32, Option<i64>>,
-    /// Partitions already rewound to MySQL's offset in this assignment.
-    seeked_back: HashSet<i32>,
     batch: Vec<Item<S::Row>>,
     totals: IngestTotals,
     first_message: Option<Instant>,
     /// Whether this instance has been given partitions at least once (even an empty set).
     assigned_once: bool,
+    /// Partitions held now.
+    held: usize,
 }
 
 impl<'a, S: Sink> Ingest<'a, S> {
@@ -407,13 +414,16 @@ impl<'a, S: Sink> Ingest<'a, S> {
         let events = self.consumer.context().drain();
         let any = !events.is_empty();
         for event in events {
-            if matches!(event, RebalanceEvent::Assigned(_)) {
-                self.assigned_once = true;
+            match &event {
+                RebalanceEvent::Assigned(ps) => {
+                    self.assigned_once = true;
+                    self.held = ps.len();
+                }
+                RebalanceEvent::Revoked(_) => self.held = 0,
             }
             let (RebalanceEvent::Assigned(ps) | RebalanceEvent::Revoked(ps)) = &event;
             for p in ps {
                 self.stored.remove(p);
-                self.seeked_back.remove(p);
             }
             if let RebalanceEvent::Revoked(ps) = event {
                 let before = self.batch.len();
@@ -427,7 +437,10 @@ impl<'a, S: Sink> Ingest<'a, S> {
     }
 
     /// Whether a message is new. Loads MySQL's offset for a partition on its first message after
-    /// an assignment, and moves the consumer to it when Kafka's hint disagrees.
+    /// an assignment. Messages below it were applied already and are skipped (read through, not
+    /// sought past: seeking a partition right after an assignment has stopped its fetching on
+    /// the test broker). A first message beyond MySQL's offset means Kafka's offset was moved
+    /// ahead by hand; that is logged loudly.
     async fn accept(&mut self, meta: Meta) -> anyhow::Result<bool> {
         let stored = match self.stored.get(&meta.partition) {
             Some(s) => *s,
@@ -435,24 +448,10 @@ impl<'a, S: Sink> Ingest<'a, S> {
                 let s = self.load_offset(meta.partition).await?;
                 self.stored.insert(meta.partition, s);
                 if let Some(next) = s {
-                    let rewind = meta.offset > next && self.seeked_back.insert(meta.partition);
-                    if meta.offset < next || rewind {
-                        tracing::info!(
-                            partition = meta.partition,
-                            kafka = meta.offset,
-                            mysql = next,
-                            "resuming from the offset stored in MySQL"
-                        );
-                        self.consumer.seek(
-                            &self.target.topic,
-                            meta.partition,
-                            Offset::Offset(next),
-                            Duration::from_secs(10),
-                        )?;
-                        if meta.offset < next {
-                            self.totals.already_applied += 1;
-                        }
-                        return Ok(false);
+                    if meta.offset > next {
+                        tracing::error!(partition = meta.partition, kafka = meta.offset, mysql = next, "the group's Kafka offset is ahead of MySQL's: messages in between were not ingested by this group (was the offset reset by hand?)");
+                    } else if meta.offset < next {
+                        tracing::info!(partition = meta.partition, kafka = meta.offset, mysql = next, "skipping messages applied before (MySQL's offset is ahead of Kafka's hint)");
                     }
                 }
                 s

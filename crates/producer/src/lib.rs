@@ -142,6 +142,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 jitter: settings.jitter,
                 late_fraction: settings.late_fraction,
                 late_by: settings.late_by,
+                duplicate_fraction: settings.duplicate_fraction,
             };
             tracing::info!(pairs = config.pairs.len(), seed = config.seed, rate = settings.rate, count = ?settings.count, "simulating");
             let run = SimRun {

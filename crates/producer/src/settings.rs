@@ -113,6 +113,9 @@ pub struct Settings {
     /// Fraction (0 to 1) of events that are late: their event time is --late-by in the past.
     #[arg(long = "late-fraction", env = "SIM_LATE_FRACTION", value_name = "SIM_LATE_FRACTION", default_value_t = 0.0, value_parser = fraction, help_heading = "Simulator")]
     pub late_fraction: f64,
+    /// Fraction (0 to 1) of events published twice.
+    #[arg(long = "duplicate-fraction", env = "SIM_DUPLICATE_FRACTION", value_name = "SIM_DUPLICATE_FRACTION", default_value_t = 0.0, value_parser = fraction, help_heading = "Simulator")]
+    pub duplicate_fraction: f64,
     /// How far in the past late events are.
     #[arg(long = "late-by", env = "SIM_LATE_BY", value_name = "SIM_LATE_BY", default_value = "15m", value_parser = parse_duration, help_heading = "Simulator")]
     pub late_by: Duration,

@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub jitter: Duration,
     pub late_fraction: f64,
     pub late_by: Duration,
+    /// Fraction (0 to 1) of events published twice (the copy a little later).
+    pub duplicate_fraction: f64,
 }
 
 #[derive(Debug)]
@@ -85,6 +87,7 @@ pub struct Simulator {
     jitter_us: i64,
     late_fraction: f64,
     late_by_us: i64,
+    duplicate_fraction: f64,
     pending: BinaryHeap<Reverse<Pending>>,
     seq: u64,
 }
@@ -112,6 +115,7 @@ impl Simulator {
             late_fraction: config.late_fraction.clamp(0.0, 1.0),
             // Keep late events on odd microseconds: shift by an even amount, then add 1.
             late_by_us: (config.late_by.as_micros() as i64) & !1,
+            duplicate_fraction: config.duplicate_fraction.clamp(0.0, 1.0),
             pending: BinaryHeap::new(),
             seq: 0,
         }
@@ -158,6 +162,15 @@ impl Simulator {
             seq: self.seq,
             update,
         }));
+        if self.duplicate_fraction > 0.0 && self.rng.random::<f64>() < self.duplicate_fraction {
+            // The same message again, up to 1 ms later (a producer retry, a replay).
+            self.seq += 1;
+            self.pending.push(Reverse(Pending {
+                release_us: release_us + self.rng.random_range(0..1_000),
+                seq: self.seq,
+                update,
+            }));
+        }
     }
 
     /// The next event due for release at wall time `now`, if any.
@@ -208,6 +221,7 @@ mod tests {
             jitter: Duration::from_millis(jitter_ms),
             late_fraction,
             late_by: Duration::from_secs(900),
+            duplicate_fraction: 0.0,
         }
     }
 

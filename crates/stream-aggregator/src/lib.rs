@@ -67,8 +67,8 @@ struct Part {
     /// Results not yet confirmed published.
     unpublished: Vec<WindowResult>,
     changed: bool,
-    /// Whether the consumer was moved to MySQL's offset in this assignment.
-    seeked: bool,
+    /// Whether a gap between MySQL's offset and Kafka's was reported.
+    warned_gap: bool,
 }
 
 /// Counters of a run.
@@ -104,6 +104,8 @@ struct Aggregator<'a> {
     pending: usize,
     /// Partitions assigned whose state is still to be loaded.
     to_restore: Vec<i32>,
+    /// Partitions held now.
+    held: usize,
 }
 
 /// Runs the aggregator until it is asked to stop (or `--exit-idle`).
@@ -174,6 +176,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         last_event: None,
         pending: 0,
         to_restore: Vec::new(),
+        held: 0,
     };
     let shutdown = common::shutdown::on_signal();
     let result = agg.run(shutdown).await;
@@ -248,8 +251,15 @@ impl Aggregator<'_> {
                 }
                 _ = stats_tick.tick() => self.report(&recorder).await,
                 _ = tokio::time::sleep(idle_due), if self.settings.exit_idle.is_some() => {
-                    if self.apply_rebalances() || !self.assigned_once {
-                        last_activity = Instant::now();
+                    let idle = last_activity.elapsed();
+                    let waited_empty = self.settings.exit_idle.is_some_and(|d| idle >= d * 3);
+                    if self.apply_rebalances() || !self.assigned_once || (self.held == 0 && !waited_empty) {
+                        // An empty assignment may only mean a dead instance still holds the
+                        // partitions: wait for them a while longer before calling it caught up.
+                        if self.held > 0 || !self.assigned_once {
+                            last_activity = Instant::now();
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                     self.restore_assigned().await?;
@@ -272,6 +282,7 @@ impl Aggregator<'_> {
             match e {
                 RebalanceEvent::Assigned(ps) => {
                     self.assigned_once = true;
+                    self.held = ps.len();
                     for p in &ps {
                         self.parts.remove(p);
                     }
@@ -280,6 +291,7 @@ impl Aggregator<'_> {
                     self.to_restore.extend(ps);
                 }
                 RebalanceEvent::Revoked(ps) => {
+                    self.held = 0;
                     self.to_restore.retain(|p| !ps.contains(p));
                     for p in ps {
                         if self.parts.remove(&p).is_some_and(|part| part.changed) {
@@ -331,7 +343,7 @@ impl Aggregator<'_> {
             received: Vec::new(),
             unpublished: Vec::new(),
             changed: false,
-            seeked: false,
+            warned_gap: false,
         };
         // Emissions committed before a crash but maybe not published: publish them again.
         if !unpublished.is_empty() {
@@ -358,35 +370,14 @@ impl Aggregator<'_> {
             part.next_offset = offset;
         }
         if offset < part.next_offset {
-            // Applied before (Kafka's hint was behind MySQL): skip, and jump once if far behind.
+            // Applied before (Kafka's hint was behind MySQL): skipped. Read through rather than
+            // sought past: a seek right after an assignment has stopped fetching on the test broker.
             self.totals.already_applied += 1;
-            if offset + 1 < part.next_offset && !part.seeked {
-                part.seeked = true;
-                self.consumer.seek(
-                    &self.settings.topic,
-                    p,
-                    Offset::Offset(part.next_offset),
-                    Duration::from_secs(10),
-                )?;
-            }
             return Ok(());
         }
-        if offset > part.next_offset && !part.seeked {
-            // Kafka's hint is ahead of MySQL: go back once (a gap that remains is a real one).
-            part.seeked = true;
-            tracing::info!(
-                partition = p,
-                kafka = offset,
-                mysql = part.next_offset,
-                "resuming from the offset stored in MySQL"
-            );
-            self.consumer.seek(
-                &self.settings.topic,
-                p,
-                Offset::Offset(part.next_offset),
-                Duration::from_secs(10),
-            )?;
-            return Ok(());
+        if offset > part.next_offset && !part.warned_gap {
+            part.warned_gap = true;
+            tracing::error!(partition = p, kafka = offset, mysql = part.next_offset, "the group's Kafka offset is ahead of MySQL's: messages in between were not aggregated by this group (was the offset reset by hand?)");
         }
         part.next_offset = offset + 1;
         part.last_event = now;
@@ -641,6 +632,25 @@ impl Aggregator<'_> {
         details.insert("latency_p99_ms".into(), ms(0.99).into());
         details.insert("latency_max_ms".into(), (h.max() as f64 / 1000.0).into());
         details.insert("processing_seconds".into(), active.into());
+        // Log-spaced buckets for compare's latency chart: [upper bound ms, updates].
+        let mut lower_us = 0u64;
+        let buckets: Vec<serde_json::Value> = [
+            1u64, 2, 5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000,
+            3_600_000,
+        ]
+        .iter()
+        .map(|ms| {
+            let upper_us = ms * 1000;
+            let n = if h.is_empty() {
+                0
+            } else {
+                h.count_between(lower_us, upper_us.saturating_sub(1))
+            };
+            lower_us = upper_us;
+            serde_json::json!([ms, n])
+        })
+        .collect();
+        details.insert("latency_histogram_ms".into(), buckets.into());
         if let Some(l) = watermark_lag_s {
             details.insert("watermark_lag_seconds".into(), l.into());
         }

@@ -1,0 +1,257 @@
+//! Window-by-window comparison of stream results with the batch recomputation (pure).
+//!
+//! Counts, min and max must match exactly; sum and avg to 1e-9 relative. A stream window that is
+//! not final yet and differs is "open" (the stream may still be catching up), not a mismatch. A
+//! batch window missing from the stream is a failure when the stream already has a later final
+//! window for that pair (it should have been there), and "pending" otherwise.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Aggregates of one (pair, window) on either side.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Agg {
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+}
+
+/// Key: base, quote, window start (µs since the epoch).
+pub type Key = (String, String, i64);
+
+/// One stream window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StreamWindow {
+    pub agg: Agg,
+    pub is_final: bool,
+}
+
+/// A window that differs, with its largest relative difference.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Difference {
+    pub base: String,
+    pub quote: String,
+    pub start_us: i64,
+    pub stream: Option<Agg>,
+    pub batch: Option<Agg>,
+    pub worst_relative: f64,
+    pub what: String,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Accuracy {
+    pub windows_compared: usize,
+    pub matched: usize,
+    pub mismatches: usize,
+    pub missing: usize,
+    pub extra: usize,
+    pub open: usize,
+    pub pending: usize,
+    pub passed: bool,
+    /// The worst differences first (at most 20).
+    pub worst: Vec<Difference>,
+}
+
+pub const RELATIVE_TOLERANCE: f64 = 1e-9;
+
+fn rel(a: f64, b: f64) -> f64 {
+    if a == b {
+        0.0
+    } else {
+        (a - b).abs() / a.abs().max(b.abs()).max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Compares one window; returns the reasons it differs and its worst relative difference.
+pub fn differs(stream: &Agg, batch: &Agg) -> Option<(String, f64)> {
+    let mut what = Vec::new();
+    let mut worst: f64 = 0.0;
+    if stream.count != batch.count {
+        what.push(format!("count {} vs {}", stream.count, batch.count));
+        worst = worst.max(rel(stream.count as f64, batch.count as f64));
+    }
+    if stream.min != batch.min {
+        what.push(format!("min {} vs {}", stream.min, batch.min));
+        worst = worst.max(rel(stream.min, batch.min));
+    }
+    if stream.max != batch.max {
+        what.push(format!("max {} vs {}", stream.max, batch.max));
+        worst = worst.max(rel(stream.max, batch.max));
+    }
+    for (name, s, b) in [
+        ("sum", stream.sum, batch.sum),
+        ("avg", stream.avg, batch.avg),
+    ] {
+        let r = rel(s, b);
+        if r > RELATIVE_TOLERANCE {
+            what.push(format!("{name} {s} vs {b}"));
+            worst = worst.max(r);
+        }
+    }
+    (!what.is_empty()).then(|| (what.join(", "), worst))
+}
+
+/// Compares every window.
+pub fn compare(stream: &BTreeMap<Key, StreamWindow>, batch: &BTreeMap<Key, Agg>) -> Accuracy {
+    let mut acc = Accuracy::default();
+    let mut diffs = Vec::new();
+    // Latest final window start per pair in the stream.
+    let mut latest_final: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for ((b, q, s), w) in stream {
+        if w.is_final {
+            let e = latest_final.entry((b.as_str(), q.as_str())).or_insert(*s);
+            *e = (*e).max(*s);
+        }
+    }
+    let diff =
+        |k: &Key, stream: Option<Agg>, batch: Option<Agg>, worst: f64, what: String| Difference {
+            base: k.0.clone(),
+            quote: k.1.clone(),
+            start_us: k.2,
+            stream,
+            batch,
+            worst_relative: worst,
+            what,
+        };
+    for (k, b) in batch {
+        acc.windows_compared += 1;
+        match stream.get(k) {
+            Some(w) => match differs(&w.agg, b) {
+                None => acc.matched += 1,
+                Some(_) if !w.is_final => acc.open += 1,
+                Some((what, worst)) => {
+                    acc.mismatches += 1;
+                    diffs.push(diff(k, Some(w.agg), Some(*b), worst, what));
+                }
+            },
+            None => {
+                let later_final = latest_final
+                    .get(&(k.0.as_str(), k.1.as_str()))
+                    .is_some_and(|s| *s > k.2);
+                if later_final {
+                    acc.missing += 1;
+                    diffs.push(diff(
+                        k,
+                        None,
+                        Some(*b),
+                        f64::INFINITY,
+                        "missing from stream_agg".into(),
+                    ));
+                } else {
+                    acc.pending += 1;
+                }
+            }
+        }
+    }
+    for (k, w) in stream {
+        if !batch.contains_key(k) {
+            acc.extra += 1;
+            diffs.push(diff(
+                k,
+                Some(w.agg),
+                None,
+                f64::INFINITY,
+                "in stream_agg but not in the raw data".into(),
+            ));
+        }
+    }
+    diffs.sort_by(|a, b| b.worst_relative.total_cmp(&a.worst_relative));
+    diffs.truncate(20);
+    acc.worst = diffs;
+    acc.passed = acc.mismatches == 0 && acc.missing == 0 && acc.extra == 0;
+    acc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(count: i64, sum: f64) -> Agg {
+        Agg {
+            count,
+            sum,
+            min: 1.0,
+            max: 2.0,
+            avg: sum / count as f64,
+        }
+    }
+
+    fn key(s: i64) -> Key {
+        ("BTC".into(), "USD".into(), s)
+    }
+
+    #[test]
+    fn equal_within_tolerance_passes() {
+        let batch = BTreeMap::from([(key(0), agg(3, 4.5))]);
+        let stream = BTreeMap::from([(
+            key(0),
+            StreamWindow {
+                agg: agg(3, 4.5 * (1.0 + 1e-12)),
+                is_final: true,
+            },
+        )]);
+        let a = compare(&stream, &batch);
+        assert!(a.passed && a.matched == 1, "{a:?}");
+    }
+
+    #[test]
+    fn a_corrupted_final_window_fails_and_is_named() {
+        let batch = BTreeMap::from([(key(0), agg(3, 4.5)), (key(60), agg(2, 3.0))]);
+        let mut bad = agg(3, 4.5);
+        bad.max = 99.0;
+        let stream = BTreeMap::from([
+            (
+                key(0),
+                StreamWindow {
+                    agg: bad,
+                    is_final: true,
+                },
+            ),
+            (
+                key(60),
+                StreamWindow {
+                    agg: agg(2, 3.0),
+                    is_final: true,
+                },
+            ),
+        ]);
+        let a = compare(&stream, &batch);
+        assert!(!a.passed);
+        assert_eq!(a.mismatches, 1);
+        assert_eq!(a.worst[0].start_us, 0);
+        assert!(a.worst[0].what.contains("max 99"), "{}", a.worst[0].what);
+    }
+
+    #[test]
+    fn open_pending_missing_and_extra() {
+        let batch = BTreeMap::from([
+            (key(0), agg(3, 4.5)),
+            (key(60), agg(2, 3.0)),
+            (key(120), agg(1, 1.0)),
+        ]);
+        let stream = BTreeMap::from([
+            // 0: missing although 60 is final.
+            (
+                key(60),
+                StreamWindow {
+                    agg: agg(1, 1.0),
+                    is_final: false,
+                },
+            ),
+            (
+                key(90),
+                StreamWindow {
+                    agg: agg(1, 1.0),
+                    is_final: true,
+                },
+            ),
+        ]);
+        let a = compare(&stream, &batch);
+        assert_eq!((a.missing, a.open, a.pending, a.extra), (1, 1, 1, 1));
+        assert!(!a.passed);
+    }
+}

@@ -1,0 +1,337 @@
+//! The comparison report and its renderings: a terminal table, JSON, Markdown, and one
+//! self-contained HTML file with inline SVG charts.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use comfy_table::{presets::UTF8_FULL, Table};
+use serde::Serialize;
+
+use crate::{
+    accuracy::Accuracy,
+    queries::{ServiceFigures, Spec},
+};
+
+/// Stream vs batch average rate of one window (for the chart).
+#[derive(Debug, Clone, Serialize)]
+pub struct AvgPoint {
+    pub start_us: i64,
+    pub stream: Option<f64>,
+    pub batch: f64,
+}
+
+/// Everything a run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_at: DateTime<Utc>,
+    pub group: String,
+    pub spec: Spec,
+    pub accuracy: Accuracy,
+    /// `coin_update_count` rows whose count differs from the batch count of a final window.
+    pub update_count_mismatches: usize,
+    pub update_count_checked: usize,
+    pub batch_seconds: f64,
+    pub raw_rows: i64,
+    pub batch_rows_per_second: f64,
+    /// Stream latency from the aggregator: producer received -> committed in its window's row.
+    pub stream_latency_ms: Option<[f64; 4]>,
+    /// Batch latency: age of the data when this run saw it, plus the query time.
+    pub batch_latency_ms: Option<[f64; 4]>,
+    /// The aggregator's latency histogram: [upper bound ms, updates].
+    pub latency_histogram: Vec<(f64, u64)>,
+    pub services: Vec<ServiceFigures>,
+    /// Per pair: stream vs batch average rate per window.
+    pub averages: Vec<(String, Vec<AvgPoint>)>,
+}
+
+fn fmt_lat(l: &Option<[f64; 4]>) -> String {
+    match l {
+        Some([p50, p95, p99, max]) => format!("{p50:.1} / {p95:.1} / {p99:.1} / {max:.1} ms"),
+        None => "n/a".into(),
+    }
+}
+
+fn window_text(us: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(us)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|| us.to_string())
+}
+
+impl Report {
+    /// Rows of the summary: (figure, stream, batch).
+    fn summary(&self) -> Vec<(String, String, String)> {
+        let a = &self.accuracy;
+        let agg = self
+            .services
+            .iter()
+            .find(|s| s.service == "stream-aggregator");
+        vec![
+            (
+                "accuracy".into(),
+                if a.passed {
+                    "PASS".into()
+                } else {
+                    "FAIL".into()
+                },
+                format!("{} windows recomputed", a.windows_compared),
+            ),
+            (
+                "windows matched / mismatched".into(),
+                format!("{} / {}", a.matched, a.mismatches),
+                String::new(),
+            ),
+            (
+                "windows missing / extra / open / pending".into(),
+                format!("{} / {} / {} / {}", a.missing, a.extra, a.open, a.pending),
+                String::new(),
+            ),
+            (
+                "coin_update_count mismatches".into(),
+                format!(
+                    "{} of {}",
+                    self.update_count_mismatches, self.update_count_checked
+                ),
+                String::new(),
+            ),
+            (
+                "latency p50 / p95 / p99 / max".into(),
+                fmt_lat(&self.stream_latency_ms),
+                fmt_lat(&self.batch_latency_ms),
+            ),
+            (
+                "throughput".into(),
+                agg.map_or("n/a".into(), |s| {
+                    format!("{:.0} events/s", s.events_per_second)
+                }),
+                format!(
+                    "{:.0} rows/s ({} rows in {:.3} s)",
+                    self.batch_rows_per_second, self.raw_rows, self.batch_seconds
+                ),
+            ),
+            (
+                "CPU seconds / peak RSS".into(),
+                agg.map_or("n/a".into(), |s| {
+                    format!("{:.2} s / {:.1} MB", s.cpu_seconds, s.peak_rss_mb)
+                }),
+                "in the MySQL server (not attributable per query)".into(),
+            ),
+        ]
+    }
+
+    /// A readable terminal table.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL)
+            .set_header(vec!["", "stream", "batch"]);
+        for (a, b, c) in self.summary() {
+            t.add_row(vec![a, b, c]);
+        }
+        let _ = writeln!(
+            out,
+            "coinstream: stream vs batch ({} window {} s, slide {} s)",
+            self.group,
+            self.spec.window_us as f64 / 1e6,
+            self.spec.slide_us as f64 / 1e6
+        );
+        let _ = writeln!(out, "{t}");
+        let mut s = Table::new();
+        s.load_preset(UTF8_FULL).set_header(vec![
+            "service",
+            "instances",
+            "events in",
+            "events out",
+            "events/s",
+            "dead letters",
+            "late",
+            "CPU s",
+            "peak RSS MB",
+        ]);
+        for f in &self.services {
+            s.add_row(vec![
+                f.service.clone(),
+                f.instances.to_string(),
+                f.events_in.to_string(),
+                f.events_out.to_string(),
+                format!("{:.0}", f.events_per_second),
+                f.dead_letters.to_string(),
+                f.late_events.to_string(),
+                format!("{:.2}", f.cpu_seconds),
+                format!("{:.1}", f.peak_rss_mb),
+            ]);
+        }
+        let _ = writeln!(out, "{s}");
+        if !self.accuracy.worst.is_empty() {
+            let mut w = Table::new();
+            w.load_preset(UTF8_FULL)
+                .set_header(vec!["pair", "window start (UTC)", "difference"]);
+            for d in &self.accuracy.worst {
+                w.add_row(vec![
+                    format!("{}/{}", d.base, d.quote),
+                    window_text(d.start_us),
+                    d.what.clone(),
+                ]);
+            }
+            let _ = writeln!(out, "worst differences:\n{w}");
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = format!(
+            "# coinstream: stream vs batch\n\nGroup `{}`, window {} s, slide {} s, run at {}.\n\n",
+            self.group,
+            self.spec.window_us as f64 / 1e6,
+            self.spec.slide_us as f64 / 1e6,
+            self.run_at.to_rfc3339()
+        );
+        out.push_str("| figure | stream | batch |\n|---|---|---|\n");
+        for (a, b, c) in self.summary() {
+            let _ = writeln!(out, "| {a} | {b} | {c} |");
+        }
+        out.push_str("\n| service | instances | events in | events out | events/s | CPU s | peak RSS MB |\n|---|---|---|---|---|---|---|\n");
+        for f in &self.services {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.0} | {:.2} | {:.1} |",
+                f.service,
+                f.instances,
+                f.events_in,
+                f.events_out,
+                f.events_per_second,
+                f.cpu_seconds,
+                f.peak_rss_mb
+            );
+        }
+        if !self.accuracy.worst.is_empty() {
+            out.push_str("\n## Worst differences\n\n| pair | window start (UTC) | difference |\n|---|---|---|\n");
+            for d in &self.accuracy.worst {
+                let _ = writeln!(
+                    out,
+                    "| {}/{} | {} | {} |",
+                    d.base,
+                    d.quote,
+                    window_text(d.start_us),
+                    d.what
+                );
+            }
+        }
+        out
+    }
+
+    /// One self-contained HTML file: the summary, the services, a latency histogram and, per pair,
+    /// stream vs batch average rate per window, as inline SVG.
+    pub fn to_html(&self) -> String {
+        let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>coinstream: stream vs batch</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:960px}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.pass{color:#070}.fail{color:#b00}svg{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}</style></head><body>\n");
+        let verdict = if self.accuracy.passed {
+            "<span class=\"pass\">PASS</span>"
+        } else {
+            "<span class=\"fail\">FAIL</span>"
+        };
+        let _ = writeln!(out, "<h1>coinstream: stream vs batch</h1><p>Accuracy: {verdict}. Group <code>{}</code>, window {} s, slide {} s, run at {}.</p>", esc(&self.group), self.spec.window_us as f64 / 1e6, self.spec.slide_us as f64 / 1e6, self.run_at.to_rfc3339());
+        out.push_str("<table><tr><th></th><th>stream</th><th>batch</th></tr>\n");
+        for (a, b, c) in self.summary() {
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&a),
+                esc(&b),
+                esc(&c)
+            );
+        }
+        out.push_str("</table>\n<h2>Services</h2><table><tr><th>service</th><th>instances</th><th>events in</th><th>events out</th><th>events/s</th><th>CPU s</th><th>peak RSS MB</th></tr>\n");
+        for f in &self.services {
+            let _ = writeln!(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.1}</td></tr>", esc(&f.service), f.instances, f.events_in, f.events_out, f.events_per_second, f.cpu_seconds, f.peak_rss_mb);
+        }
+        out.push_str("</table>\n<h2>Stream latency (producer received to result in MySQL)</h2>\n");
+        out.push_str(&histogram_svg(&self.latency_histogram));
+        out.push_str("<h2>Average rate per window: stream vs batch</h2>\n");
+        for (pair, points) in &self.averages {
+            let _ = writeln!(out, "<h3>{}</h3>", esc(pair));
+            out.push_str(&averages_svg(points));
+        }
+        if !self.accuracy.worst.is_empty() {
+            out.push_str("<h2>Worst differences</h2><table><tr><th>pair</th><th>window start (UTC)</th><th>difference</th></tr>\n");
+            for d in &self.accuracy.worst {
+                let _ = writeln!(
+                    out,
+                    "<tr><td>{}/{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(&d.base),
+                    esc(&d.quote),
+                    window_text(d.start_us),
+                    esc(&d.what)
+                );
+            }
+            out.push_str("</table>\n");
+        }
+        out.push_str("</body></html>\n");
+        out
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Bar chart of the latency histogram.
+pub fn histogram_svg(buckets: &[(f64, u64)]) -> String {
+    let (w, h, pad) = (640.0, 240.0, 40.0);
+    let mut svg = format!("<svg class=\"latency-histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"latency histogram\">");
+    let max = buckets.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
+    let n = buckets.len().max(1) as f64;
+    let bw = (w - 2.0 * pad) / n;
+    for (i, (upper, count)) in buckets.iter().enumerate() {
+        let bh = (h - 2.0 * pad) * (*count as f64) / max;
+        let x = pad + i as f64 * bw;
+        let _ = write!(svg, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#4a7\"><title>&lt;= {upper} ms: {count}</title></rect>", h - pad - bh, bw * 0.9);
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{upper}</text>",
+            x + bw * 0.45,
+            h - pad + 12.0
+        );
+    }
+    let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">latency bucket, upper bound (ms)</text></svg>", w / 2.0, h - 8.0);
+    svg
+}
+
+/// Two lines per pair: stream and batch average rate per window.
+pub fn averages_svg(points: &[AvgPoint]) -> String {
+    let (w, h, pad) = (640.0, 200.0, 30.0);
+    let mut svg = format!("<svg class=\"averages\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"average rate per window\">");
+    if points.is_empty() {
+        svg.push_str("</svg>\n");
+        return svg;
+    }
+    let xs: Vec<i64> = points.iter().map(|p| p.start_us).collect();
+    let (x0, x1) = (xs[0] as f64, (*xs.last().unwrap_or(&xs[0])) as f64);
+    let vals = points
+        .iter()
+        .flat_map(|p| [Some(p.batch), p.stream])
+        .flatten();
+    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let span_x = (x1 - x0).max(1.0);
+    let span_y = (hi - lo).max(f64::EPSILON);
+    let px = |x: i64| pad + (x as f64 - x0) / span_x * (w - 2.0 * pad);
+    let py = |y: f64| h - pad - (y - lo) / span_y * (h - 2.0 * pad);
+    let line = |pick: &dyn Fn(&AvgPoint) -> Option<f64>| {
+        points
+            .iter()
+            .filter_map(|p| pick(p).map(|v| format!("{:.1},{:.1}", px(p.start_us), py(v))))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let _ = write!(svg, "<polyline class=\"batch\" fill=\"none\" stroke=\"#c60\" stroke-width=\"3\" points=\"{}\"/>", line(&|p| Some(p.batch)));
+    let _ = write!(svg, "<polyline class=\"stream\" fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" stroke-dasharray=\"4 2\" points=\"{}\"/>", line(&|p| p.stream));
+    let _ = writeln!(svg, "<text x=\"{pad}\" y=\"14\" font-size=\"11\">batch (orange) vs stream (blue dashed); {lo:.4} to {hi:.4}</text></svg>");
+    svg
+}
