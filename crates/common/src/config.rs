@@ -296,6 +296,42 @@ pub fn parse_properties(s: &str) -> Result<Properties, String> {
     Ok(Properties(out))
 }
 
+/// Settings every consuming service shares: when to stop, how often to report, how soon a dead
+/// instance's partitions move.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Consumer")]
+pub struct ConsumerArgs {
+    /// Exit 0 once caught up and idle this long (tests, benchmarks, batch-style runs).
+    #[arg(long = "exit-idle", env = "EXIT_IDLE", value_name = "EXIT_IDLE", value_parser = parse_duration)]
+    pub exit_idle: Option<Duration>,
+    /// Log and store statistics this often.
+    #[arg(long = "stats-interval", env = "STATS_INTERVAL", value_name = "STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub stats_interval: Duration,
+    /// Kafka consumer session timeout: how soon a dead instance's partitions move to another.
+    #[arg(long = "session-timeout", env = "KAFKA_SESSION_TIMEOUT", value_name = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub session_timeout: Duration,
+}
+
+impl ConsumerArgs {
+    /// Sets the session timeout, a heartbeat at a quarter of it, and librdkafka's statistics
+    /// (the source of the consumer lag) at the stats interval.
+    pub fn apply(&self, config: &mut rdkafka::ClientConfig) {
+        config
+            .set(
+                "session.timeout.ms",
+                self.session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout.as_millis() / 4).max(100).to_string(),
+            )
+            .set(
+                "statistics.interval.ms",
+                self.stats_interval.as_millis().to_string(),
+            );
+    }
+}
+
 /// Log output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -36,7 +36,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::parse_duration,
+    config::{parse_duration, ConsumerArgs},
     stats::{Counters, StatsRecorder},
 };
 
@@ -50,15 +50,8 @@ pub struct IngestArgs {
     /// Longest a message waits in a batch before the batch is written.
     #[arg(long = "batch-timeout", env = "BATCH_TIMEOUT", value_name = "BATCH_TIMEOUT", default_value = "200ms", value_parser = parse_duration)]
     pub batch_timeout: Duration,
-    /// Exit 0 once caught up and idle this long (tests, benchmarks, batch-style runs).
-    #[arg(long = "exit-idle", env = "EXIT_IDLE", value_name = "EXIT_IDLE", value_parser = parse_duration)]
-    pub exit_idle: Option<Duration>,
-    /// Log and store statistics this often.
-    #[arg(long = "stats-interval", env = "STATS_INTERVAL", value_name = "STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
-    pub stats_interval: Duration,
-    /// Kafka consumer session timeout: how soon a dead instance's partitions move to another.
-    #[arg(long = "session-timeout", env = "KAFKA_SESSION_TIMEOUT", value_name = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub session_timeout: Duration,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
 }
 
 /// Where a message came from.
@@ -215,22 +208,10 @@ pub async fn run<S: Sink>(
     args: &IngestArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<IngestTotals> {
-    let consumer: StreamConsumer<RebalanceLog> = target
-        .client
-        .clone()
-        .set(
-            "session.timeout.ms",
-            args.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "statistics.interval.ms",
-            args.stats_interval.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (args.session_timeout.as_millis() / 4).max(100).to_string(),
-        )
-        .create_with_context(RebalanceLog::default())?;
+    let mut client = target.client.clone();
+    args.consumer.apply(&mut client);
+    let consumer: StreamConsumer<RebalanceLog> =
+        client.create_with_context(RebalanceLog::default())?;
     consumer.subscribe(&[&target.topic])?;
     tracing::info!(topic = %target.topic, group = %target.group, batch_size = args.batch_size, batch_timeout = ?args.batch_timeout, "consuming");
 
@@ -251,7 +232,7 @@ pub async fn run<S: Sink>(
     let far = Duration::from_secs(365 * 24 * 3600);
     let mut batch_started: Option<Instant> = None;
     let mut last_activity = Instant::now();
-    let mut stats_tick = tokio::time::interval(args.stats_interval);
+    let mut stats_tick = tokio::time::interval(args.consumer.stats_interval);
     stats_tick.tick().await;
     // At most one batch is being written while the next one fills: the database write and the
     // broker fetches overlap.
@@ -261,13 +242,13 @@ pub async fn run<S: Sink>(
         let batch_due = batch_started.map_or(far, |s| {
             (s + args.batch_timeout).saturating_duration_since(Instant::now())
         });
-        let idle_due = match args.exit_idle {
+        let idle_due = match args.consumer.exit_idle {
             Some(d) => (last_activity + d).saturating_duration_since(Instant::now()),
             None => far,
         };
         let full = ingest.batch.len() >= batch_size;
         let idle_possible =
-            args.exit_idle.is_some() && ingest.batch.is_empty() && in_flight.is_none();
+            args.consumer.exit_idle.is_some() && ingest.batch.is_empty() && in_flight.is_none();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
@@ -330,7 +311,7 @@ pub async fn run<S: Sink>(
                 // has been given its partitions: a new member waiting for a dead one's session to
                 // expire is not caught up.
                 let idle = last_activity.elapsed();
-                let waited_empty = args.exit_idle.is_some_and(|d| idle >= d * 3);
+                let waited_empty = args.consumer.exit_idle.is_some_and(|d| idle >= d * 3);
                 if ingest.apply_rebalances() || !ingest.assigned_once || (ingest.held == 0 && !waited_empty) {
                     // An empty assignment may only mean a dead instance still holds the
                     // partitions: wait for them a while longer before calling it caught up.
@@ -340,7 +321,7 @@ pub async fn run<S: Sink>(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
-                tracing::info!(idle = ?args.exit_idle, "caught up and idle: exiting");
+                tracing::info!(idle = ?args.consumer.exit_idle, "caught up and idle: exiting");
                 break;
             }
         }
@@ -559,13 +540,7 @@ impl<'a, S: Sink> Ingest<'a, S> {
             details,
             ..Counters::default()
         };
-        let usage = match recorder.record(&counters).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not store statistics");
-                crate::stats::process_usage()
-            }
-        };
+        let usage = recorder.record_or_warn(&counters).await;
         tracing::info!(
             messages = self.totals.messages,
             rows_written = self.totals.rows_written,

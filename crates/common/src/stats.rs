@@ -78,6 +78,18 @@ impl StatsRecorder {
         }
     }
 
+    /// Like [`StatsRecorder::record`], but a failure to store is only logged (statistics must
+    /// never stop a service); returns the process usage either way.
+    pub async fn record_or_warn(&self, c: &Counters) -> ProcessUsage {
+        match self.record(c).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store statistics");
+                process_usage()
+            }
+        }
+    }
+
     /// Stores the counters with the current process usage; returns the usage recorded.
     pub async fn record(&self, c: &Counters) -> Result<ProcessUsage, sqlx::Error> {
         let usage = process_usage();

@@ -78,14 +78,7 @@ impl Reporter {
             details,
             ..Counters::default()
         };
-        let recorded = self.recorder.record(&counters).await;
-        let usage = match recorded {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not store statistics");
-                common::stats::process_usage()
-            }
-        };
+        let usage = self.recorder.record_or_warn(&counters).await;
         let elapsed = totals
             .started
             .map(|s| s.elapsed().as_secs_f64())

@@ -137,22 +137,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // fetch for the whole wait, like librdkafka's mock cluster, otherwise add up to 500 ms).
     config.set("fetch.wait.max.ms", "10");
     settings.kafka.consumer_properties.apply(&mut config);
-    let consumer: StreamConsumer<RebalanceLog> = config
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (settings.session_timeout.as_millis() / 4)
-                .max(100)
-                .to_string(),
-        )
-        .set(
-            "statistics.interval.ms",
-            settings.stats_interval.as_millis().to_string(),
-        )
-        .create_with_context(RebalanceLog::default())?;
+    settings.consumer.apply(&mut config);
+    let consumer: StreamConsumer<RebalanceLog> =
+        config.create_with_context(RebalanceLog::default())?;
     consumer.subscribe(&[&settings.topic])?;
     let producer: FutureProducer = settings.kafka.producer_config().create()?;
     tracing::info!(
@@ -190,12 +177,12 @@ impl Aggregator<'_> {
         let recorder = StatsRecorder::new(self.pool.clone(), SERVICE);
         let mut flush_tick = tokio::time::interval(self.settings.flush_interval);
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stats_tick = tokio::time::interval(self.settings.stats_interval);
+        let mut stats_tick = tokio::time::interval(self.settings.consumer.stats_interval);
         stats_tick.tick().await;
         let far = Duration::from_secs(365 * 24 * 3600);
         let mut last_activity = Instant::now();
         loop {
-            let idle_due = self.settings.exit_idle.map_or(far, |d| {
+            let idle_due = self.settings.consumer.exit_idle.map_or(far, |d| {
                 (last_activity + d).saturating_duration_since(Instant::now())
             });
             tokio::select! {
@@ -250,9 +237,9 @@ impl Aggregator<'_> {
                     self.flush(false).await?;
                 }
                 _ = stats_tick.tick() => self.report(&recorder).await,
-                _ = tokio::time::sleep(idle_due), if self.settings.exit_idle.is_some() => {
+                _ = tokio::time::sleep(idle_due), if self.settings.consumer.exit_idle.is_some() => {
                     let idle = last_activity.elapsed();
-                    let waited_empty = self.settings.exit_idle.is_some_and(|d| idle >= d * 3);
+                    let waited_empty = self.settings.consumer.exit_idle.is_some_and(|d| idle >= d * 3);
                     if self.apply_rebalances() || !self.assigned_once || (self.held == 0 && !waited_empty) {
                         // An empty assignment may only mean a dead instance still holds the
                         // partitions: wait for them a while longer before calling it caught up.
@@ -263,7 +250,7 @@ impl Aggregator<'_> {
                         continue;
                     }
                     self.restore_assigned().await?;
-                    tracing::info!(idle = ?self.settings.exit_idle, "caught up and idle: writing and exiting (open windows stay stored)");
+                    tracing::info!(idle = ?self.settings.consumer.exit_idle, "caught up and idle: writing and exiting (open windows stay stored)");
                     self.flush(true).await?;
                     break;
                 }
@@ -663,13 +650,7 @@ impl Aggregator<'_> {
             consumer_lag: lag,
             details,
         };
-        let usage = match recorder.record(&counters).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not store statistics");
-                common::stats::process_usage()
-            }
-        };
+        let usage = recorder.record_or_warn(&counters).await;
         tracing::info!(
             events = self.totals.events,
             applied = self.totals.applied,

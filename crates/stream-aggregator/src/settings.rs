@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use common::config::{non_empty, parse_duration, ConfigError, KafkaArgs, MySqlArgs, TelemetryArgs};
+use common::config::{
+    non_empty, parse_duration, ConfigError, ConsumerArgs, KafkaArgs, MySqlArgs, TelemetryArgs,
+};
 
 use crate::engine::{Mode, WindowSpec};
 
@@ -57,15 +59,8 @@ pub struct Settings {
     /// Write results, state and offsets this often (one transaction).
     #[arg(long = "flush-interval", env = "FLUSH_INTERVAL", value_name = "FLUSH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: Duration,
-    /// Exit 0 once caught up and idle this long (open windows stay stored as state).
-    #[arg(long = "exit-idle", env = "EXIT_IDLE", value_name = "EXIT_IDLE", value_parser = parse_duration)]
-    pub exit_idle: Option<Duration>,
-    /// Log and store statistics this often.
-    #[arg(long = "stats-interval", env = "STATS_INTERVAL", value_name = "STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
-    pub stats_interval: Duration,
-    /// Kafka consumer session timeout: how soon a dead instance's partitions move to another.
-    #[arg(long = "session-timeout", env = "KAFKA_SESSION_TIMEOUT", value_name = "KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub session_timeout: Duration,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
