@@ -113,10 +113,16 @@ impl Publisher {
     }
 
     /// A publisher with the given client configuration (e.g. `KafkaArgs::producer_config`).
+    /// Returns once the topic's metadata is known, so the first updates are not timed while the
+    /// client is still connecting.
     pub fn with_config(config: &ClientConfig, topic: &str) -> Result<Self, PublishError> {
         let stats = Arc::new(DeliveryStats::default());
-        let producer = config
+        let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(DeliveryContext(stats.clone()))
+            .map_err(PublishError::Create)?;
+        producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(30))
             .map_err(PublishError::Create)?;
         Ok(Publisher {
             producer,

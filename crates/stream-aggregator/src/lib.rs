@@ -471,6 +471,7 @@ impl Aggregator<'_> {
         if flushes.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
             match store::write_flush(
@@ -546,6 +547,10 @@ impl Aggregator<'_> {
         };
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::debug!(error = %e, "committing Kafka offsets failed (MySQL holds the offsets that count)");
+        }
+        let took = started.elapsed();
+        if took > self.settings.flush_interval.max(Duration::from_millis(100)) {
+            tracing::warn!(took = ?took, "slow flush (write, commit and publish)");
         }
         Ok(())
     }
