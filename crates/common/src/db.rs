@@ -12,7 +12,7 @@ use sqlx::{
     Connection,
 };
 
-use crate::config::MySqlArgs;
+use crate::{backoff::Backoff, config::MySqlArgs};
 
 /// The schema, embedded at compile time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
@@ -60,7 +60,7 @@ pub async fn connect(
     max_wait: Duration,
 ) -> Result<MySqlPool, DbError> {
     let started = Instant::now();
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut attempt = 1u32;
     // Probe with single connections: the pool itself would keep retrying silently until its
     // acquire timeout, and we want each failed attempt logged and the total wait bounded.
@@ -89,6 +89,7 @@ pub async fn connect(
             }
             Err(e) => {
                 let waited = started.elapsed();
+                let delay = backoff.next_delay();
                 if waited + delay > max_wait {
                     return Err(DbError::Unreachable {
                         target: target.to_owned(),
@@ -98,7 +99,6 @@ pub async fn connect(
                 }
                 tracing::warn!(%target, attempt, error = %e, retry_in = ?delay, "MySQL not reachable yet");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
         }

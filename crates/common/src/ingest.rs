@@ -36,6 +36,7 @@ use sqlx::{MySqlConnection, MySqlPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::Backoff,
     config::{parse_duration, ConsumerArgs},
     stats::{Counters, StatsRecorder},
 };
@@ -348,7 +349,7 @@ async fn write_with_retry<S: Sink>(
     target: &IngestTarget,
     batch: Vec<Item<S::Row>>,
 ) -> Written {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::database();
     let mut retries = 0;
     let mut db_seconds = 0.0;
     loop {
@@ -365,9 +366,9 @@ async fn write_with_retry<S: Sink>(
             }
             Err(e) => {
                 retries += 1;
+                let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, rows = batch.len(), "writing the batch failed; retrying (offsets not committed)");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -446,7 +447,7 @@ impl<'a, S: Sink> Ingest<'a, S> {
     }
 
     async fn load_offset(&self, partition: i32) -> anyhow::Result<Option<i64>> {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::database();
         loop {
             let r: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
                 "SELECT next_offset FROM kafka_offsets WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?",
@@ -459,9 +460,9 @@ impl<'a, S: Sink> Ingest<'a, S> {
             match r {
                 Ok(v) => return Ok(v),
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "reading stored offsets failed; retrying");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::backoff::Backoff;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
@@ -91,7 +92,7 @@ pub async fn ensure_topics(
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
     let started = Instant::now();
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         // Create only what is missing: asking the cluster first also works with brokers that do
         // not implement CreateTopics (librdkafka's mock cluster).
@@ -133,11 +134,11 @@ pub async fn ensure_topics(
             }
             Err(e) => e,
         };
+        let delay = backoff.next_delay();
         if started.elapsed() + delay > max_wait {
             return Err(retryable);
         }
         tracing::warn!(%bootstrap_servers, error = %retryable, retry_in = ?delay, "Kafka not ready yet");
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

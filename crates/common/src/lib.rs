@@ -8,6 +8,7 @@
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
 //! - `testing` (feature `testing`): a fresh database and unique topics per test.
 
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod ingest;

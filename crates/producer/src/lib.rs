@@ -3,7 +3,6 @@
 //! in order. Every delivery is checked; a message that cannot be delivered stops the producer with
 //! an error rather than being dropped.
 
-pub mod backoff;
 pub mod coinapi;
 pub mod poller;
 pub mod publisher;

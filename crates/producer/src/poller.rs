@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 use common::Pair;
 use tokio_util::sync::CancellationToken;
 
+use common::backoff::Backoff;
+
 use crate::{
-    backoff::Backoff,
     coinapi::{CoinApiClient, Outcome, Quota, Request},
     publisher::{PublishError, Publisher},
 };

@@ -22,6 +22,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
+use common::backoff::Backoff;
 use common::{
     ingest::{RebalanceEvent, RebalanceLog},
     stats::{Counters, StatsRecorder},
@@ -301,17 +302,31 @@ impl Aggregator<'_> {
         Ok(())
     }
 
-    /// Restores a partition's engine from MySQL and re-publishes its outbox.
+    /// Restores a partition's engine from MySQL and re-publishes its outbox. A database error is
+    /// retried with backoff, like a flush; anything else (a different window spec, corrupt state)
+    /// stops the service.
     async fn restore(&mut self, p: i32) -> anyhow::Result<()> {
-        let restored = store::restore(
-            self.pool,
-            &self.settings.group,
-            &self.settings.topic,
-            p,
-            self.spec,
-            self.settings.lateness_us(),
-        )
-        .await?;
+        let mut backoff = Backoff::database();
+        let restored = loop {
+            let r = store::restore(
+                self.pool,
+                &self.settings.group,
+                &self.settings.topic,
+                p,
+                self.spec,
+                self.settings.lateness_us(),
+            )
+            .await;
+            match r {
+                Err(e) if e.downcast_ref::<sqlx::Error>().is_some() => {
+                    self.totals.db_retries += 1;
+                    let delay = backoff.next_delay();
+                    tracing::warn!(partition = p, error = %e, retry_in = ?delay, "restoring partition state failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                other => break other?,
+            }
+        };
         let unpublished: Vec<WindowResult> = restored
             .unpublished
             .iter()
@@ -472,7 +487,7 @@ impl Aggregator<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::database();
         loop {
             match store::write_flush(
                 self.pool,
@@ -496,9 +511,9 @@ impl Aggregator<'_> {
                 }
                 Err(e) => {
                     self.totals.db_retries += 1;
+                    let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "writing the flush failed; retrying (offsets not committed)");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

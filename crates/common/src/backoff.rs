@@ -1,5 +1,6 @@
-//! Exponential backoff with jitter: delays double from `initial` up to `max`, each drawn uniformly
-//! from the upper half of the current step so that many clients do not retry in lockstep.
+//! Exponential backoff with jitter, the one retry schedule of every service: delays double from
+//! `initial` up to `max`, each drawn uniformly from the upper half of the current step so that many
+//! clients do not retry in lockstep.
 
 use std::time::Duration;
 
@@ -13,6 +14,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The schedule for retrying a database write or read: 100 ms doubling to 10 s.
+    pub fn database() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
     pub fn new(initial: Duration, max: Duration) -> Self {
         Backoff {
             initial,
