@@ -24,7 +24,7 @@ pub mod window;
 use std::process::ExitCode;
 
 pub use config::{ConfigError, Secret};
-pub use model::{AssetId, ModelError, Pair, RateUpdate};
+pub use model::{AssetId, ModelError, Pair, RateEvent, RateUpdate};
 
 /// Runs a service's main future on a multi-threaded runtime and turns its outcome into the exit
 /// status: 0 on success, 2 for a [`ConfigError`], 1 for any other error (logged with its causes).

@@ -15,6 +15,8 @@ use arrayvec::ArrayString;
 use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
+mod fast;
+
 /// Longest asset id we accept; also the width of the `asset_id_*` columns.
 pub const MAX_ASSET_ID_LEN: usize = 16;
 
@@ -187,6 +189,50 @@ pub struct RateUpdate {
     pub received_at: Option<DateTime<Utc>>,
 }
 
+/// A [`RateUpdate`] with its times as microseconds since the epoch (UTC): the same message,
+/// parsed without building calendar times, for the aggregator's hot path.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateEvent {
+    pub pair: Pair,
+    /// Event time, microseconds since the epoch.
+    pub time_us: i64,
+    /// Positive and finite.
+    pub rate: f64,
+    /// When the producer received it, microseconds since the epoch, if recorded.
+    pub received_us: Option<i64>,
+}
+
+impl RateEvent {
+    /// Parses one message value; accepts and rejects exactly what [`RateUpdate::from_json`] does.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
+        match fast::parse(bytes) {
+            Some(e) => Ok(e),
+            None => RateUpdate::from_json_slow(bytes).map(|u| RateEvent {
+                pair: u.pair,
+                time_us: u.time.timestamp_micros(),
+                rate: u.rate,
+                received_us: u.received_at.map(|r| r.timestamp_micros()),
+            }),
+        }
+    }
+
+    fn to_update(self) -> Result<RateUpdate, ModelError> {
+        let time = |us: i64, field| {
+            DateTime::from_timestamp_micros(us)
+                .ok_or_else(|| ModelError::invalid(field, &us.to_string(), "time out of range"))
+        };
+        Ok(RateUpdate {
+            time: time(self.time_us, "time")?,
+            pair: self.pair,
+            rate: self.rate,
+            received_at: self
+                .received_us
+                .map(|r| time(r, "received_at"))
+                .transpose()?,
+        })
+    }
+}
+
 /// The JSON as it arrives; every field optional so a missing one gets our own error.
 #[derive(Deserialize)]
 struct WireIn<'a> {
@@ -228,8 +274,17 @@ impl RateUpdate {
         })
     }
 
-    /// Parses one message value from `raw_coin_data`.
+    /// Parses one message value from `raw_coin_data`. The shape our producer writes takes a
+    /// hand-written fast path; anything else goes through serde.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ModelError> {
+        match fast::parse(bytes) {
+            Some(e) => e.to_update(),
+            None => Self::from_json_slow(bytes),
+        }
+    }
+
+    /// The general parser: any field order, whitespace, escapes, offsets; errors name the field.
+    fn from_json_slow(bytes: &[u8]) -> Result<Self, ModelError> {
         match serde_json::from_slice::<WireIn<'_>>(bytes) {
             Ok(wire) => wire.validate(),
             Err(_) => Err(json_error_with_path::<WireIn<'_>>(bytes)),

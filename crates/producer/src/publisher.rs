@@ -8,7 +8,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -51,13 +51,23 @@ pub struct DeliveryStats {
     pub retried: AtomicU64,
     failed: Mutex<Vec<Failed>>,
     has_failed: AtomicU64,
+    /// Whether the idempotent producer has its producer id (seen in librdkafka's statistics).
+    pid_assigned: AtomicBool,
 }
 
 /// The producer context: records each delivery result.
 #[derive(Debug, Clone)]
 pub struct DeliveryContext(Arc<DeliveryStats>);
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    /// Only looks for the idempotent producer's state; the statistics are not otherwise used.
+    fn stats_raw(&self, statistics: &[u8]) {
+        const ASSIGNED: &[u8] = br#""idemp_state": "Assigned""#;
+        if statistics.windows(ASSIGNED.len()).any(|w| w == ASSIGNED) {
+            self.0.pid_assigned.store(true, Ordering::Release);
+        }
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     /// The attempt number of the message (0 = first send).
@@ -87,6 +97,9 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+/// How long [`Publisher::with_config`] waits for the idempotent producer's id.
+const PID_WAIT: Duration = Duration::from_secs(10);
+
 /// Sends rate updates to one topic.
 pub struct Publisher {
     producer: ThreadedProducer<DeliveryContext>,
@@ -113,10 +126,22 @@ impl Publisher {
     }
 
     /// A publisher with the given client configuration (e.g. `KafkaArgs::producer_config`).
-    /// Returns once the topic's metadata is known, so the first updates are not timed while the
-    /// client is still connecting.
+    /// Returns once the topic's metadata is known and, for an idempotent producer, once it has its
+    /// producer id, so the first updates are not held (and timed) while the client starts: librdkafka
+    /// asks for the id only 500 ms after it starts and holds every message until it has one.
     pub fn with_config(config: &ClientConfig, topic: &str) -> Result<Self, PublishError> {
         let stats = Arc::new(DeliveryStats::default());
+        let mut config = config.clone();
+        // The producer id is visible only in the statistics; every 100 ms they cost nothing. A
+        // statistics interval set by hand is kept (and waited on only if it is short).
+        let wait_for_pid = config.get("enable.idempotence") == Some("true")
+            && match config.get("statistics.interval.ms") {
+                None => {
+                    config.set("statistics.interval.ms", "100");
+                    true
+                }
+                Some(ms) => ms.parse::<u64>().is_ok_and(|ms| (1..=1000).contains(&ms)),
+            };
         let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(DeliveryContext(stats.clone()))
             .map_err(PublishError::Create)?;
@@ -124,6 +149,17 @@ impl Publisher {
             .client()
             .fetch_metadata(Some(topic), Duration::from_secs(30))
             .map_err(PublishError::Create)?;
+        if wait_for_pid {
+            let started = Instant::now();
+            while !stats.pid_assigned.load(Ordering::Acquire) {
+                if started.elapsed() > PID_WAIT {
+                    tracing::warn!(waited = ?PID_WAIT, "no producer id yet; sending anyway (librdkafka holds messages until it has one)");
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            tracing::debug!(waited = ?started.elapsed(), "idempotent producer ready");
+        }
         Ok(Publisher {
             producer,
             topic: topic.to_owned(),

@@ -15,7 +15,11 @@
 //! - Emissions: in update mode every window changed since the last emission; in append mode only
 //!   windows that closed. A window that closes is emitted once more with `is_final` and dropped.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxBuildHasher;
+
+use crate::seen_times::SeenTimes;
 
 use common::Pair;
 use serde::{Deserialize, Serialize};
@@ -135,40 +139,6 @@ pub enum Mode {
     Append,
 }
 
-/// Sorted event times of one pair that can still matter (for duplicate detection).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct SeenTimes(VecDeque<i64>);
-
-impl SeenTimes {
-    /// Inserts `t`; false when it was there already.
-    fn insert(&mut self, t: i64) -> bool {
-        match self.0.back() {
-            None => {
-                self.0.push_back(t);
-                true
-            }
-            Some(&last) if t > last => {
-                self.0.push_back(t);
-                true
-            }
-            _ => match self.0.binary_search(&t) {
-                Ok(_) => false,
-                Err(i) => {
-                    self.0.insert(i, t);
-                    true
-                }
-            },
-        }
-    }
-
-    /// Forgets times before `t`.
-    fn prune_before(&mut self, t: i64) {
-        while self.0.front().is_some_and(|&f| f < t) {
-            self.0.pop_front();
-        }
-    }
-}
-
 /// The persistent part of a partition's state (see [`PartitionEngine::snapshot`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -178,18 +148,69 @@ pub struct Snapshot {
     pub windows: Vec<(String, i64, Agg)>,
 }
 
-/// Engine state of one partition.
+/// One open window of a pair.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: i64,
+    agg: Agg,
+    /// Changed since the last emission.
+    dirty: bool,
+}
+
+/// Everything the engine keeps for one pair.
+#[derive(Debug, Clone)]
+struct PairState {
+    pair: Pair,
+    /// Open windows, sorted by start (so closed ones are a prefix).
+    windows: VecDeque<Window>,
+    seen: SeenTimes,
+    /// Times accepted since the last [`PartitionEngine::take_new_seen`].
+    new_seen: Vec<i64>,
+}
+
+impl PairState {
+    fn new(pair: Pair) -> Self {
+        PairState {
+            pair,
+            windows: VecDeque::new(),
+            seen: SeenTimes::default(),
+            new_seen: Vec::new(),
+        }
+    }
+
+    /// The window starting at `start`, created if missing (events mostly hit the latest one).
+    fn window(&mut self, start: i64, time: i64, rate: f64) -> &mut Window {
+        let i = match self.windows.iter().rposition(|w| w.start <= start) {
+            Some(i) if self.windows[i].start == start => {
+                self.windows[i].agg.add(time, rate);
+                i
+            }
+            found => {
+                let i = found.map_or(0, |i| i + 1);
+                let w = Window {
+                    start,
+                    agg: Agg::new(time, rate),
+                    dirty: false,
+                };
+                self.windows.insert(i, w);
+                i
+            }
+        };
+        &mut self.windows[i]
+    }
+}
+
+/// Engine state of one partition: per pair its open windows and recently seen event times.
 #[derive(Debug, Clone)]
 pub struct PartitionEngine {
     spec: WindowSpec,
     lateness: i64,
     max_event: Option<i64>,
     watermark: i64,
-    windows: BTreeMap<(Pair, i64), Agg>,
-    dirty: BTreeSet<(Pair, i64)>,
-    seen: HashMap<Pair, SeenTimes>,
-    /// (pair, time) accepted since the last [`PartitionEngine::take_new_seen`].
-    new_seen: Vec<(Pair, i64)>,
+    pairs: Vec<PairState>,
+    index: HashMap<Pair, usize, FxBuildHasher>,
+    /// Index of the pair of the previous event (consecutive events are mostly of one pair).
+    last: usize,
 }
 
 impl PartitionEngine {
@@ -200,10 +221,9 @@ impl PartitionEngine {
             lateness,
             max_event: None,
             watermark: i64::MIN,
-            windows: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            seen: HashMap::new(),
-            new_seen: Vec::new(),
+            pairs: Vec::new(),
+            index: HashMap::default(),
+            last: 0,
         }
     }
 
@@ -217,7 +237,19 @@ impl PartitionEngine {
 
     /// Open windows held.
     pub fn open_windows(&self) -> usize {
-        self.windows.len()
+        self.pairs.iter().map(|p| p.windows.len()).sum()
+    }
+
+    fn pair_index(&mut self, pair: Pair) -> usize {
+        if self.pairs.get(self.last).is_some_and(|s| s.pair == pair) {
+            return self.last;
+        }
+        let i = *self.index.entry(pair).or_insert_with(|| {
+            self.pairs.push(PairState::new(pair));
+            self.pairs.len() - 1
+        });
+        self.last = i;
+        i
     }
 
     /// Applies one event.
@@ -227,21 +259,20 @@ impl PartitionEngine {
         if self.spec.last_end(time) <= wm {
             return Applied::Late { watermark: wm };
         }
-        if !self.seen.entry(pair).or_default().insert(time) {
+        let spec = self.spec;
+        let i = self.pair_index(pair);
+        let state = &mut self.pairs[i];
+        if !state.seen.insert(time) {
             return Applied::Duplicate;
         }
-        self.new_seen.push((pair, time));
+        state.new_seen.push(time);
         let mut closed = 0;
-        for start in self.spec.starts(time) {
-            if start + self.spec.size_us <= wm {
+        for start in spec.starts(time) {
+            if start + spec.size_us <= wm {
                 closed += 1;
                 continue;
             }
-            self.windows
-                .entry((pair, start))
-                .and_modify(|a| a.add(time, rate))
-                .or_insert_with(|| Agg::new(time, rate));
-            self.dirty.insert((pair, start));
+            state.window(start, time, rate).dirty = true;
         }
         self.max_event = Some(self.max_event.map_or(time, |m| m.max(time)));
         self.advance_to(time.saturating_sub(self.lateness));
@@ -261,57 +292,71 @@ impl PartitionEngine {
     }
 
     /// Emissions due now: changed windows (update mode) and windows the watermark closed, which
-    /// are dropped after their final emission.
+    /// are dropped after their final emission. Ordered: open ones, then final ones, each by
+    /// (pair, start).
     pub fn take_emissions(&mut self, mode: Mode) -> Vec<Emission> {
         let wm = self.watermark;
         let size = self.spec.size_us;
         let mut out = Vec::new();
-        let closed: Vec<(Pair, i64)> = self
-            .windows
-            .keys()
-            .filter(|(_, start)| start + size <= wm)
-            .copied()
-            .collect();
-        if mode == Mode::Update {
-            for key in std::mem::take(&mut self.dirty) {
-                if let Some(agg) = self.windows.get(&key) {
-                    if key.1 + size > wm {
-                        out.push(Emission {
-                            pair: key.0,
-                            start: key.1,
-                            end: key.1 + size,
-                            agg: *agg,
-                            is_final: false,
-                        });
-                    }
+        let emission = |pair, w: &Window, is_final| Emission {
+            pair,
+            start: w.start,
+            end: w.start + size,
+            agg: w.agg,
+            is_final,
+        };
+        for state in &mut self.pairs {
+            while state.windows.front().is_some_and(|w| w.start + size <= wm) {
+                let w = state.windows.pop_front().expect("checked");
+                out.push(emission(state.pair, &w, true));
+            }
+            for w in state.windows.iter_mut().filter(|w| w.dirty) {
+                w.dirty = false;
+                if mode == Mode::Update {
+                    out.push(emission(state.pair, w, false));
                 }
             }
-        } else {
-            self.dirty.clear();
         }
-        for key in closed {
-            if let Some(agg) = self.windows.remove(&key) {
-                out.push(Emission {
-                    pair: key.0,
-                    start: key.1,
-                    end: key.1 + size,
-                    agg,
-                    is_final: true,
-                });
-            }
-        }
+        out.sort_unstable_by_key(|e| (e.is_final, e.pair, e.start));
         // Times whose every window has closed can no longer be applied: forget them.
         let horizon = wm.saturating_sub(size);
-        for s in self.seen.values_mut() {
-            s.prune_before(horizon);
+        for state in &mut self.pairs {
+            state.seen.prune_before(horizon);
         }
-        self.seen.retain(|_, s| !s.0.is_empty());
+        let before = self.pairs.len();
+        self.pairs
+            .retain(|s| !(s.windows.is_empty() && s.seen.is_empty() && s.new_seen.is_empty()));
+        if self.pairs.len() != before {
+            self.reindex();
+        }
         out
     }
 
-    /// (pair, time) accepted since the last call, for the persistent duplicate log.
-    pub fn take_new_seen(&mut self) -> Vec<(Pair, i64)> {
-        std::mem::take(&mut self.new_seen)
+    fn reindex(&mut self) {
+        self.index = self
+            .pairs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.pair, i))
+            .collect();
+        self.last = 0;
+    }
+
+    /// Times accepted since the last call, per pair, for the persistent duplicate log: pairs
+    /// sorted, each once, with its times sorted.
+    pub fn take_new_seen(&mut self) -> Vec<(Pair, Vec<i64>)> {
+        let mut out: Vec<(Pair, Vec<i64>)> = self
+            .pairs
+            .iter_mut()
+            .filter(|s| !s.new_seen.is_empty())
+            .map(|s| {
+                let mut times = std::mem::take(&mut s.new_seen);
+                times.sort_unstable();
+                (s.pair, times)
+            })
+            .collect();
+        out.sort_unstable_by_key(|(p, _)| *p);
+        out
     }
 
     /// Times older than this can be dropped from the duplicate log.
@@ -321,13 +366,18 @@ impl PartitionEngine {
 
     /// The open windows and watermark, for storing with the offsets.
     pub fn snapshot(&self) -> Snapshot {
+        let mut windows: Vec<(Pair, i64, Agg)> = self
+            .pairs
+            .iter()
+            .flat_map(|s| s.windows.iter().map(|w| (s.pair, w.start, w.agg)))
+            .collect();
+        windows.sort_unstable_by_key(|(p, s, _)| (*p, *s));
         Snapshot {
             max_event: self.max_event,
             watermark: self.watermark,
-            windows: self
-                .windows
-                .iter()
-                .map(|((p, s), a)| (p.to_string(), *s, *a))
+            windows: windows
+                .into_iter()
+                .map(|(p, s, a)| (p.to_string(), s, a))
                 .collect(),
         }
     }
@@ -343,12 +393,25 @@ impl PartitionEngine {
         e.max_event = snapshot.max_event;
         e.watermark = snapshot.watermark;
         for (p, s, a) in &snapshot.windows {
-            e.windows.insert((p.parse()?, *s), *a);
+            let i = e.pair_index(p.parse()?);
+            let windows = &mut e.pairs[i].windows;
+            let at = windows.partition_point(|w| w.start < *s);
+            if windows.get(at).is_some_and(|w| w.start == *s) {
+                windows[at].agg = *a;
+            } else {
+                let w = Window {
+                    start: *s,
+                    agg: *a,
+                    dirty: false,
+                };
+                windows.insert(at, w);
+            }
         }
         let horizon = e.seen_horizon();
         for (p, t) in seen {
             if t >= horizon {
-                e.seen.entry(p).or_default().insert(t);
+                let i = e.pair_index(p);
+                e.pairs[i].seen.insert(t);
             }
         }
         Ok(e)
@@ -486,7 +549,11 @@ mod tests {
             a.apply(p, t * 7_000_000, t as f64);
             if t == 25 {
                 a.take_emissions(Mode::Update);
-                seen_log.extend(a.take_new_seen());
+                seen_log.extend(
+                    a.take_new_seen()
+                        .into_iter()
+                        .flat_map(|(p, ts)| ts.into_iter().map(move |t| (p, t))),
+                );
                 let snap = a.snapshot();
                 let mut b =
                     PartitionEngine::restore(spec, 2 * MIN, &snap, seen_log.clone()).unwrap();

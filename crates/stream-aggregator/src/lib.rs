@@ -13,6 +13,7 @@
 
 pub mod engine;
 pub mod seen_codec;
+mod seen_times;
 pub mod settings;
 pub mod store;
 
@@ -27,7 +28,7 @@ use common::{
     ingest::{RebalanceEvent, RebalanceLog},
     stats::{Counters, StatsRecorder},
     window::{WindowBounds, WindowResult},
-    RateUpdate,
+    RateEvent,
 };
 use futures::{FutureExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -36,6 +37,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     Message, Offset, TopicPartitionList,
 };
+use rustc_hash::FxBuildHasher;
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +52,7 @@ const SERVICE: &str = "stream-aggregator";
 /// Messages taken per wake-up before checking timers and signals again.
 const DRAIN: usize = 4096;
 /// Events applied since the last flush that trigger a flush before the interval (bounds memory).
-const MAX_PENDING: usize = 20_000;
+const MAX_PENDING: usize = 100_000;
 
 /// One partition's engine and what it has not written yet.
 struct Part {
@@ -70,6 +72,16 @@ struct Part {
     changed: bool,
     /// Whether a gap between MySQL's offset and Kafka's was reported.
     warned_gap: bool,
+    /// The last check whether this partition is read to its end (for the idle advance).
+    end_check: Option<EndCheck>,
+}
+
+/// Whether a partition was read to its end (our next offset at the broker's high watermark).
+#[derive(Debug, Clone, Copy)]
+struct EndCheck {
+    at: Instant,
+    next_offset: i64,
+    at_end: bool,
 }
 
 /// Counters of a run.
@@ -94,7 +106,7 @@ struct Aggregator<'a> {
     pool: &'a MySqlPool,
     consumer: &'a StreamConsumer<RebalanceLog>,
     producer: &'a FutureProducer,
-    parts: HashMap<i32, Part>,
+    parts: HashMap<i32, Part, FxBuildHasher>,
     totals: Totals,
     latency_us: Histogram<u64>,
     assigned_once: bool,
@@ -107,6 +119,8 @@ struct Aggregator<'a> {
     to_restore: Vec<i32>,
     /// Partitions held now.
     held: usize,
+    /// The flush being written, if any.
+    in_flight: Option<InFlight>,
 }
 
 /// Runs the aggregator until it is asked to stop (or `--exit-idle`).
@@ -137,6 +151,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Latency: a fetch that finds nothing new returns within 10 ms (brokers that hold an empty
     // fetch for the whole wait, like librdkafka's mock cluster, otherwise add up to 500 ms).
     config.set("fetch.wait.max.ms", "10");
+    // Memory: librdkafka keeps a ~200-byte operation per prefetched message besides the message
+    // itself, and up to 100,000 messages per partition by default. A smaller prefetch (re-filled
+    // every 5 ms) keeps the aggregator under 50 MB at full speed (docs/benchmarks.md).
+    config.set("queued.max.messages.kbytes", "2048");
+    config.set("queued.min.messages", "20000");
+    config.set("fetch.queue.backoff.ms", "5");
     settings.kafka.consumer_properties.apply(&mut config);
     settings.consumer.apply(&mut config);
     let consumer: StreamConsumer<RebalanceLog> =
@@ -156,7 +176,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         pool: &pool,
         consumer: &consumer,
         producer: &producer,
-        parts: HashMap::new(),
+        parts: HashMap::default(),
         totals: Totals::default(),
         latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
         assigned_once: false,
@@ -165,6 +185,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         pending: 0,
         to_restore: Vec::new(),
         held: 0,
+        in_flight: None,
     };
     let shutdown = common::shutdown::on_signal();
     let result = agg.run(shutdown).await;
@@ -306,6 +327,8 @@ impl Aggregator<'_> {
     /// retried with backoff, like a flush; anything else (a different window spec, corrupt state)
     /// stops the service.
     async fn restore(&mut self, p: i32) -> anyhow::Result<()> {
+        // A write in flight may hold this partition's newest state (revoked and assigned back).
+        self.finish_write(false).await?;
         let mut backoff = Backoff::database();
         let restored = loop {
             let r = store::restore(
@@ -346,6 +369,7 @@ impl Aggregator<'_> {
             unpublished: Vec::new(),
             changed: false,
             warned_gap: false,
+            end_check: None,
         };
         // Emissions committed before a crash but maybe not published: publish them again.
         if !unpublished.is_empty() {
@@ -364,10 +388,13 @@ impl Aggregator<'_> {
         key: Option<&[u8]>,
         payload: &[u8],
     ) -> anyhow::Result<()> {
-        if !self.parts.contains_key(&p) {
-            self.restore(p).await?;
-        }
-        let part = self.parts.get_mut(&p).expect("present");
+        let part = match self.parts.get_mut(&p) {
+            Some(part) => part,
+            None => {
+                self.restore(p).await?;
+                self.parts.get_mut(&p).expect("restored")
+            }
+        };
         if part.next_offset < 0 {
             part.next_offset = offset;
         }
@@ -388,7 +415,7 @@ impl Aggregator<'_> {
         self.pending += 1;
         self.first_event.get_or_insert(now);
         self.last_event = Some(now);
-        let update = match RateUpdate::from_json(payload) {
+        let update = match RateEvent::from_json(payload) {
             Ok(u) => u,
             Err(e) => {
                 tracing::warn!(topic = %self.settings.topic, partition = p, offset, error = %e, "malformed message: kept in dead_letters");
@@ -402,7 +429,7 @@ impl Aggregator<'_> {
                 return Ok(());
             }
         };
-        let time = update.time.timestamp_micros();
+        let time = update.time_us;
         let late_row = |watermark_us, missed, applied| LateRow {
             offset,
             pair: update.pair,
@@ -415,14 +442,12 @@ impl Aggregator<'_> {
         match part.engine.apply(update.pair, time, update.rate) {
             Applied::Accepted => {
                 self.totals.applied += 1;
-                part.received
-                    .push(update.received_at.map_or(time, |r| r.timestamp_micros()));
+                part.received.push(update.received_us.unwrap_or(time));
             }
             Applied::PartlyLate { watermark, closed } => {
                 self.totals.applied += 1;
                 self.totals.partly_late += 1;
-                part.received
-                    .push(update.received_at.map_or(time, |r| r.timestamp_micros()));
+                part.received.push(update.received_us.unwrap_or(time));
                 part.late.push(late_row(watermark, closed, true));
             }
             Applied::Late { watermark } => {
@@ -435,18 +460,34 @@ impl Aggregator<'_> {
         Ok(())
     }
 
-    /// Writes everything pending in one transaction (retrying), then publishes the emissions.
+    /// Starts writing everything pending in one transaction, in the background: events go on
+    /// being applied meanwhile (one write in flight; the previous one is finished first). With
+    /// `stopping`, waits until it is written and published.
     async fn flush(&mut self, stopping: bool) -> anyhow::Result<()> {
+        self.finish_write(false).await?;
         self.pending = 0;
         let now = Utc::now();
         let idle_wm = now.timestamp_micros() - self.settings.lateness_us();
         let mut flushes = Vec::new();
+        let mut received = Vec::new();
         for (&p, part) in self.parts.iter_mut() {
             if part.next_offset < 0 {
                 // Nothing read or stored for this partition yet.
                 continue;
             }
-            if part.last_event.elapsed() >= self.settings.idle_timeout {
+            // Idle: no message for a while *and* nothing more to read. A partition that is only
+            // behind (a backlog being read, a slow flush) must not have its windows closed by the
+            // wall clock: its next messages would all be late.
+            if part.last_event.elapsed() >= self.settings.idle_timeout
+                && part.engine.watermark() < idle_wm
+                && read_to_end(
+                    self.consumer,
+                    &self.settings.topic,
+                    p,
+                    part,
+                    self.settings.idle_timeout,
+                )
+            {
                 part.engine.advance_to(idle_wm);
             }
             let emissions = part.engine.take_emissions(self.mode);
@@ -468,6 +509,8 @@ impl Aggregator<'_> {
                 lateness_us: self.settings.lateness_us(),
                 snapshot: part.engine.snapshot(),
             };
+            part.changed = false;
+            received.push((p, std::mem::take(&mut part.received)));
             flushes.push(PartFlush {
                 partition: p,
                 base_offset: part.stored_offset,
@@ -483,55 +526,59 @@ impl Aggregator<'_> {
                 unpublished: serde_json::to_vec(&unpublished_json)?,
             });
         }
-        if flushes.is_empty() {
+        if !flushes.is_empty() {
+            let pool = self.pool.clone();
+            let (group, topic) = (self.settings.group.clone(), self.settings.topic.clone());
+            self.in_flight = Some(InFlight {
+                task: tokio::spawn(write_until_committed(pool, group, topic, flushes)),
+                received,
+                started: Instant::now(),
+            });
+        }
+        if stopping {
+            self.finish_write(true).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the write in flight, if any, then records what it committed: offsets for
+    /// fencing, latency samples, the Kafka commit (a hint; synchronous with `sync`) and the
+    /// publication of its results.
+    async fn finish_write(&mut self, sync: bool) -> anyhow::Result<()> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let written = in_flight.task.await??;
+        self.totals.db_retries += written.retries;
+        if !written.fenced.is_empty() {
+            tracing::warn!(partitions = ?written.fenced, "MySQL offsets moved under us (another instance owns these partitions): dropping their state");
+            for p in &written.fenced {
+                self.parts.remove(p);
+            }
+        }
+        if written.committed.is_empty() {
             return Ok(());
         }
-        let started = Instant::now();
-        let mut backoff = Backoff::database();
-        loop {
-            match store::write_flush(
-                self.pool,
-                &self.settings.group,
-                &self.settings.topic,
-                SERVICE,
-                &flushes,
-            )
-            .await
-            {
-                Ok(FlushOutcome::Committed) => break,
-                Ok(FlushOutcome::Fenced(ps)) => {
-                    tracing::warn!(partitions = ?ps, "MySQL offsets moved under us (another instance owns these partitions): dropping their state");
-                    for p in &ps {
-                        self.parts.remove(p);
-                    }
-                    flushes.retain(|f| !ps.contains(&f.partition));
-                    if flushes.is_empty() {
-                        return Ok(());
-                    }
-                }
-                Err(e) => {
-                    self.totals.db_retries += 1;
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "writing the flush failed; retrying (offsets not committed)");
-                    tokio::time::sleep(delay).await;
+        self.totals.flushes += 1;
+        for (p, samples) in in_flight.received {
+            if written.committed.iter().any(|f| f.partition == p) {
+                for r in samples {
+                    let _ = self
+                        .latency_us
+                        .record((written.committed_at_us - r).max(1) as u64);
                 }
             }
         }
-        self.totals.flushes += 1;
-        let committed = Utc::now().timestamp_micros();
         let mut tpl = TopicPartitionList::new();
         let mut to_publish: Vec<(i32, WindowResult)> = Vec::new();
-        for f in flushes {
+        for f in written.committed {
+            self.totals.windows_emitted += f.emissions.len() as u64;
             let Some(part) = self.parts.get_mut(&f.partition) else {
+                // Revoked meanwhile: written, and the new owner publishes its outbox.
                 continue;
             };
             part.stored_offset = Some(f.next_offset);
             part.seen_seq = f.seen_seq;
-            part.changed = false;
-            for r in part.received.drain(..) {
-                let _ = self.latency_us.record((committed - r).max(1) as u64);
-            }
-            self.totals.windows_emitted += f.emissions.len() as u64;
             let p = f.partition;
             to_publish.extend(
                 std::mem::take(&mut part.unpublished)
@@ -555,7 +602,7 @@ impl Aggregator<'_> {
                 }
             }
         }
-        let mode = if stopping {
+        let mode = if sync {
             CommitMode::Sync
         } else {
             CommitMode::Async
@@ -563,7 +610,7 @@ impl Aggregator<'_> {
         if let Err(e) = self.consumer.commit(&tpl, mode) {
             tracing::debug!(error = %e, "committing Kafka offsets failed (MySQL holds the offsets that count)");
         }
-        let took = started.elapsed();
+        let took = in_flight.started.elapsed();
         if took > self.settings.flush_interval.max(Duration::from_millis(100)) {
             tracing::warn!(took = ?took, "slow flush (write, commit and publish)");
         }
@@ -689,6 +736,85 @@ impl Aggregator<'_> {
             "stream-aggregator statistics"
         );
     }
+}
+
+/// A flush being written in the background.
+struct InFlight {
+    task: tokio::task::JoinHandle<anyhow::Result<Written>>,
+    /// Latency samples (`received_at`, µs) of the events it holds, per partition.
+    received: Vec<(i32, Vec<i64>)>,
+    started: Instant,
+}
+
+/// What a background write committed.
+struct Written {
+    committed: Vec<PartFlush>,
+    fenced: Vec<i32>,
+    committed_at_us: i64,
+    retries: u64,
+}
+
+/// Writes a flush in one transaction, retrying database errors with backoff (offsets are not
+/// committed until it succeeds); partitions found fenced are left out and reported.
+async fn write_until_committed(
+    pool: MySqlPool,
+    group: String,
+    topic: String,
+    mut flushes: Vec<PartFlush>,
+) -> anyhow::Result<Written> {
+    let mut backoff = Backoff::database();
+    let mut fenced = Vec::new();
+    let mut retries = 0;
+    while !flushes.is_empty() {
+        match store::write_flush(&pool, &group, &topic, SERVICE, &flushes).await {
+            Ok(FlushOutcome::Committed) => break,
+            Ok(FlushOutcome::Fenced(ps)) => {
+                flushes.retain(|f| !ps.contains(&f.partition));
+                fenced.extend(ps);
+            }
+            Err(e) => {
+                retries += 1;
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "writing the flush failed; retrying (offsets not committed)");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    Ok(Written {
+        committed: flushes,
+        fenced,
+        committed_at_us: Utc::now().timestamp_micros(),
+        retries,
+    })
+}
+
+/// Whether partition `p` has been read to its end: asks the broker for the high watermark, at
+/// most once per `ttl` while the partition's position stays the same. Unknown counts as not.
+fn read_to_end(
+    consumer: &StreamConsumer<RebalanceLog>,
+    topic: &str,
+    p: i32,
+    part: &mut Part,
+    ttl: Duration,
+) -> bool {
+    if let Some(c) = part.end_check {
+        if c.next_offset == part.next_offset && c.at.elapsed() < ttl {
+            return c.at_end;
+        }
+    }
+    let at_end = match consumer.fetch_watermarks(topic, p, Duration::from_secs(2)) {
+        Ok((_, high)) => part.next_offset >= high,
+        Err(e) => {
+            tracing::debug!(partition = p, error = %e, "reading the high watermark failed; not advancing the idle watermark");
+            false
+        }
+    };
+    part.end_check = Some(EndCheck {
+        at: Instant::now(),
+        next_offset: part.next_offset,
+        at_end,
+    });
+    at_end
 }
 
 fn to_result(e: &Emission) -> WindowResult {

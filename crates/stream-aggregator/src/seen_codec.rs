@@ -37,30 +37,25 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-/// Encodes keys (any order); returns the bytes and the largest time.
-pub fn encode(keys: &[(Pair, i64)]) -> (Vec<u8>, i64) {
-    let mut sorted = keys.to_vec();
-    sorted.sort_unstable();
-    let mut out = Vec::with_capacity(keys.len() * 2 + 16);
+/// Encodes the times of each pair (as [`PartitionEngine::take_new_seen`] gives them: each pair
+/// once, times sorted); returns the bytes and the largest time.
+///
+/// [`PartitionEngine::take_new_seen`]: crate::engine::PartitionEngine::take_new_seen
+pub fn encode(groups: &[(Pair, Vec<i64>)]) -> (Vec<u8>, i64) {
+    let n: usize = groups.iter().map(|(_, t)| t.len()).sum();
+    let mut out = Vec::with_capacity(n * 3 + 16 * groups.len());
     let mut max = i64::MIN;
-    let mut i = 0;
-    while i < sorted.len() {
-        let pair = sorted[i].0;
-        let j = sorted[i..]
-            .iter()
-            .position(|(p, _)| *p != pair)
-            .map_or(sorted.len(), |k| i + k);
+    for (pair, times) in groups {
         let text = pair.to_string();
         out.push(text.len() as u8);
         out.extend_from_slice(text.as_bytes());
-        put_varint(&mut out, (j - i) as u64);
+        put_varint(&mut out, times.len() as u64);
         let mut prev = 0i64;
-        for (_, t) in &sorted[i..j] {
+        for &t in times {
             put_varint(&mut out, zigzag(t.wrapping_sub(prev)));
-            prev = *t;
-            max = max.max(*t);
+            prev = t;
+            max = max.max(t);
         }
-        i = j;
     }
     (out, max)
 }
@@ -95,21 +90,27 @@ mod tests {
     fn round_trips_and_is_compact() {
         let btc: Pair = "BTC/USD".parse().unwrap();
         let eth: Pair = "ETH/EUR".parse().unwrap();
-        let mut keys: Vec<(Pair, i64)> = (0..1000)
-            .map(|i| (btc, 1_722_864_000_000_000 + i * 10_000))
-            .collect();
-        keys.extend((0..10).map(|i| (eth, -5 + i)));
-        keys.reverse();
-        let (bytes, max) = encode(&keys);
+        let groups = vec![
+            (
+                btc,
+                (0..1000)
+                    .map(|i| 1_722_864_000_000_000 + i * 10_000)
+                    .collect::<Vec<i64>>(),
+            ),
+            (eth, (0..10).map(|i| -5 + i).collect()),
+        ];
+        let (bytes, max) = encode(&groups);
         assert_eq!(max, 1_722_864_000_000_000 + 999 * 10_000);
         assert!(bytes.len() < 3 * 1000 + 64, "{} bytes", bytes.len());
-        let mut back = decode(&bytes).unwrap();
-        back.sort_unstable();
-        keys.sort_unstable();
-        assert_eq!(back, keys);
+        let back = decode(&bytes).unwrap();
+        let flat: Vec<(Pair, i64)> = groups
+            .iter()
+            .flat_map(|(p, ts)| ts.iter().map(move |t| (*p, *t)))
+            .collect();
+        assert_eq!(back, flat);
         assert!(
             decode(&bytes[..bytes.len() - 1]).is_none()
-                || decode(&bytes[..bytes.len() - 1]).unwrap().len() < keys.len()
+                || decode(&bytes[..bytes.len() - 1]).unwrap().len() < flat.len()
         );
     }
 }
