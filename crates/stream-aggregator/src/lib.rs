@@ -4,8 +4,9 @@
 //! - [`engine`]: the pure window engine (semantics in its docs and the README).
 //! - [`store`]: restoring a partition's state and writing a flush in one transaction.
 //! - This module: the loop. Each Kafka partition has its own engine (a pair lives on one
-//!   partition), restored from MySQL on the partition's first message after an assignment; the
-//!   consumer moves to MySQL's stored offset, Kafka's group offset being only a hint. Every
+//!   partition), restored from MySQL when the partition is assigned, which also claims it (an
+//!   ownership epoch that fences every earlier owner's writes, including one still in flight);
+//!   messages below MySQL's stored offset are skipped, Kafka's group offset being only a hint. Every
 //!   `--flush-interval` one transaction holds the `stream_agg` upserts, late events, dead
 //!   letters, the duplicate log, each touched partition's open-window state and next offset, and
 //!   the emissions as an outbox. After the commit the emissions are published to the output topic
@@ -56,6 +57,8 @@ const MAX_PENDING: usize = 100_000;
 
 /// One partition's engine and what it has not written yet.
 struct Part {
+    /// Ownership epoch claimed at restore; flushes are refused once another instance claims.
+    epoch: i64,
     engine: PartitionEngine,
     /// Next offset to apply.
     next_offset: i64,
@@ -94,6 +97,8 @@ pub struct Totals {
     pub duplicates: u64,
     pub dead_letters: u64,
     pub already_applied: u64,
+    /// Messages of partitions this instance does not hold (left to their owner).
+    pub not_owned: u64,
     pub windows_emitted: u64,
     pub flushes: u64,
     pub db_retries: u64,
@@ -225,7 +230,7 @@ impl Aggregator<'_> {
                             let now = Instant::now();
                             last_activity = now;
                             let (p, o) = (m.partition(), m.offset());
-                            self.handle(now, p, o, m.key(), m.payload().unwrap_or_default()).await?;
+                            self.handle(now, p, o, m.key(), m.payload().unwrap_or_default());
                             drop(m);
                             // Take what is already fetched without going back through the select.
                             let consumer = self.consumer;
@@ -233,7 +238,7 @@ impl Aggregator<'_> {
                             for _ in 0..DRAIN {
                                 match stream.next().now_or_never() {
                                     Some(Some(Ok(m))) => {
-                                        self.handle(now, m.partition(), m.offset(), m.key(), m.payload().unwrap_or_default()).await?;
+                                        self.handle(now, m.partition(), m.offset(), m.key(), m.payload().unwrap_or_default());
                                     }
                                     _ => break,
                                 }
@@ -357,6 +362,7 @@ impl Aggregator<'_> {
             .collect();
         tracing::info!(partition = p, next_offset = ?restored.next_offset, open_windows = restored.engine.open_windows(), "partition state restored");
         let mut part = Part {
+            epoch: restored.epoch,
             engine: restored.engine,
             // -1: not known yet, taken from the first message.
             next_offset: restored.next_offset.unwrap_or(-1),
@@ -380,20 +386,11 @@ impl Aggregator<'_> {
     }
 
     /// Applies one message; `now` is the time of the current drain (one clock read per drain).
-    async fn handle(
-        &mut self,
-        now: Instant,
-        p: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        payload: &[u8],
-    ) -> anyhow::Result<()> {
-        let part = match self.parts.get_mut(&p) {
-            Some(part) => part,
-            None => {
-                self.restore(p).await?;
-                self.parts.get_mut(&p).expect("restored")
-            }
+    fn handle(&mut self, now: Instant, p: i32, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+        let Some(part) = self.parts.get_mut(&p) else {
+            // Not ours (any more): revoked, or claimed by another instance. Its owner reads it.
+            self.totals.not_owned += 1;
+            return;
         };
         if part.next_offset < 0 {
             part.next_offset = offset;
@@ -402,7 +399,7 @@ impl Aggregator<'_> {
             // Applied before (Kafka's hint was behind MySQL): skipped. Read through rather than
             // sought past: a seek right after an assignment has stopped fetching on the test broker.
             self.totals.already_applied += 1;
-            return Ok(());
+            return;
         }
         if offset > part.next_offset && !part.warned_gap {
             part.warned_gap = true;
@@ -426,7 +423,7 @@ impl Aggregator<'_> {
                     payload: payload.to_vec(),
                     error: e.to_string(),
                 });
-                return Ok(());
+                return;
             }
         };
         let time = update.time_us;
@@ -457,7 +454,6 @@ impl Aggregator<'_> {
             }
             Applied::Duplicate => self.totals.duplicates += 1,
         }
-        Ok(())
     }
 
     /// Starts writing everything pending in one transaction, in the background: events go on
@@ -513,6 +509,7 @@ impl Aggregator<'_> {
             received.push((p, std::mem::take(&mut part.received)));
             flushes.push(PartFlush {
                 partition: p,
+                epoch: part.epoch,
                 base_offset: part.stored_offset,
                 next_offset: part.next_offset,
                 state: serde_json::to_vec(&state)?,
@@ -551,7 +548,7 @@ impl Aggregator<'_> {
         let written = in_flight.task.await??;
         self.totals.db_retries += written.retries;
         if !written.fenced.is_empty() {
-            tracing::warn!(partitions = ?written.fenced, "MySQL offsets moved under us (another instance owns these partitions): dropping their state");
+            tracing::warn!(partitions = ?written.fenced, "another instance claimed these partitions: dropping their state (nothing of it was written)");
             for p in &written.fenced {
                 self.parts.remove(p);
             }
@@ -802,7 +799,10 @@ fn read_to_end(
             return c.at_end;
         }
     }
-    let at_end = match consumer.fetch_watermarks(topic, p, Duration::from_secs(2)) {
+    // A network round trip: let the runtime's other tasks (a flush being written) go on meanwhile.
+    let high =
+        tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, p, Duration::from_secs(2)));
+    let at_end = match high {
         Ok((_, high)) => part.next_offset >= high,
         Err(e) => {
             tracing::debug!(partition = p, error = %e, "reading the high watermark failed; not advancing the idle watermark");

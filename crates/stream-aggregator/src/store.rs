@@ -24,6 +24,8 @@ pub struct StoredState {
 /// A partition as restored from MySQL.
 #[derive(Debug)]
 pub struct Restored {
+    /// The ownership epoch this restore claimed (see `aggregator_owner`).
+    pub epoch: i64,
     pub engine: PartitionEngine,
     pub next_offset: Option<i64>,
     pub seen_seq: i64,
@@ -51,7 +53,8 @@ pub fn to_datetime(us: i64) -> NaiveDateTime {
 /// `aggregator_state` columns: next_offset, seen_seq, state, unpublished.
 type StateRow = (i64, i64, Vec<u8>, Option<Vec<u8>>);
 
-/// Loads a partition's state and duplicate log; a fresh engine when there is none.
+/// Claims a partition (raising its ownership epoch, which fences every earlier owner's writes)
+/// and loads its state and duplicate log, in one transaction; a fresh engine when there is none.
 pub async fn restore(
     pool: &MySqlPool,
     group: &str,
@@ -60,17 +63,39 @@ pub async fn restore(
     spec: WindowSpec,
     lateness: i64,
 ) -> anyhow::Result<Restored> {
-    let row: Option<StateRow> = sqlx::query_as(
-        "SELECT next_offset, seen_seq, state, unpublished FROM aggregator_state \
-         WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?",
+    let mut tx = pool.begin().await?;
+    // The claim waits for a flush holding the owner row; the locking read below then sees what
+    // that flush committed.
+    sqlx::query(
+        "INSERT INTO aggregator_owner (consumer_group, topic, kafka_partition, epoch, claimed_at) \
+         VALUES (?, ?, ?, 1, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE epoch = epoch + 1, claimed_at = VALUES(claimed_at)",
     )
     .bind(group)
     .bind(topic)
     .bind(partition)
-    .fetch_optional(pool)
+    .execute(&mut *tx)
+    .await?;
+    let (epoch,): (i64,) = sqlx::query_as(
+        "SELECT epoch FROM aggregator_owner WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? FOR UPDATE",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_one(&mut *tx)
+    .await?;
+    let row: Option<StateRow> = sqlx::query_as(
+        "SELECT next_offset, seen_seq, state, unpublished FROM aggregator_state \
+         WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? FOR UPDATE",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some((next_offset, seen_seq, state, unpublished)) = row else {
+        tx.commit().await?;
         return Ok(Restored {
+            epoch,
             engine: PartitionEngine::new(spec, lateness),
             next_offset: None,
             seen_seq: 0,
@@ -95,8 +120,9 @@ pub async fn restore(
     .bind(group)
     .bind(topic)
     .bind(partition)
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut seen: Vec<(Pair, i64)> = Vec::new();
     for (bytes,) in logs {
         seen.extend(seen_codec::decode(&bytes).ok_or_else(|| {
@@ -109,6 +135,7 @@ pub async fn restore(
         _ => Vec::new(),
     };
     Ok(Restored {
+        epoch,
         engine,
         next_offset: Some(next_offset),
         seen_seq,
@@ -141,6 +168,8 @@ pub struct DeadRow {
 #[derive(Debug)]
 pub struct PartFlush {
     pub partition: i32,
+    /// The ownership epoch claimed when the partition was restored.
+    pub epoch: i64,
     /// The offset MySQL must still hold (fencing); `None` for a partition never stored.
     pub base_offset: Option<i64>,
     pub next_offset: i64,
@@ -161,7 +190,8 @@ pub struct PartFlush {
 #[derive(Debug)]
 pub enum FlushOutcome {
     Committed,
-    /// These partitions' stored offsets moved under us (another instance owns them now).
+    /// Another instance claimed these partitions since we restored them (or their stored offsets
+    /// moved under us): nothing was written.
     Fenced(Vec<i32>),
 }
 
@@ -174,21 +204,23 @@ pub async fn write_flush(
     parts: &[PartFlush],
 ) -> Result<FlushOutcome, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let placeholders = vec!["?"; parts.len()].join(",");
-    let sql = format!(
-        "SELECT kafka_partition, next_offset FROM aggregator_state \
-         WHERE consumer_group = ? AND topic = ? AND kafka_partition IN ({placeholders}) FOR UPDATE"
-    );
-    let mut q = sqlx::query_as::<_, (i32, i64)>(&sql)
-        .bind(group)
-        .bind(topic);
-    for p in parts {
-        q = q.bind(p.partition);
-    }
-    let stored: HashMap<i32, i64> = q.fetch_all(&mut *tx).await?.into_iter().collect();
+    // Owner rows first, then state rows: the same lock order as a restore.
+    let epochs = per_partition(&mut tx, "epoch", "aggregator_owner", group, topic, parts).await?;
+    let stored = per_partition(
+        &mut tx,
+        "next_offset",
+        "aggregator_state",
+        group,
+        topic,
+        parts,
+    )
+    .await?;
     let fenced: Vec<i32> = parts
         .iter()
-        .filter(|p| stored.get(&p.partition).copied() != p.base_offset)
+        .filter(|p| {
+            epochs.get(&p.partition) != Some(&p.epoch)
+                || stored.get(&p.partition).copied() != p.base_offset
+        })
         .map(|p| p.partition)
         .collect();
     if !fenced.is_empty() {
@@ -255,6 +287,29 @@ pub async fn write_flush(
     }
     tx.commit().await?;
     Ok(FlushOutcome::Committed)
+}
+
+/// `column` of `table` for the flushed partitions, read with a row lock.
+async fn per_partition(
+    conn: &mut MySqlConnection,
+    column: &str,
+    table: &str,
+    group: &str,
+    topic: &str,
+    parts: &[PartFlush],
+) -> Result<HashMap<i32, i64>, sqlx::Error> {
+    let placeholders = vec!["?"; parts.len()].join(",");
+    let sql = format!(
+        "SELECT kafka_partition, {column} FROM {table} \
+         WHERE consumer_group = ? AND topic = ? AND kafka_partition IN ({placeholders}) FOR UPDATE"
+    );
+    let mut q = sqlx::query_as::<_, (i32, i64)>(&sql)
+        .bind(group)
+        .bind(topic);
+    for p in parts {
+        q = q.bind(p.partition);
+    }
+    Ok(q.fetch_all(&mut *conn).await?.into_iter().collect())
 }
 
 async fn upsert_results(

@@ -1,0 +1,141 @@
+//! Ownership fencing on the real MariaDB: a flush still in flight at a former owner when a new
+//! owner restores the partition must be refused, and the new owner's flushes must go through.
+//! (Before the epochs, the late write of the former owner won and the new owner, fenced instead,
+//! dropped the messages it had already read.)
+
+use common::{testing::TestDb, Pair};
+use stream_aggregator::{
+    engine::{Mode, PartitionEngine, WindowSpec},
+    store::{self, FlushOutcome, PartFlush, StoredState},
+};
+
+const GROUP: &str = "g";
+const TOPIC: &str = "t";
+const MIN: i64 = 60_000_000;
+
+fn spec() -> WindowSpec {
+    WindowSpec::tumbling(MIN)
+}
+
+/// A flush of `engine` after applying `n` events at offsets `from..from + n`.
+fn flush(
+    engine: &mut PartitionEngine,
+    epoch: i64,
+    base: Option<i64>,
+    from: i64,
+    n: i64,
+) -> PartFlush {
+    let pair: Pair = "BTC/USD".parse().unwrap();
+    for i in from..from + n {
+        engine.apply(pair, i * 1_000_000, 1.0 + i as f64);
+    }
+    let emissions = engine.take_emissions(Mode::Update);
+    engine.take_new_seen();
+    let state = StoredState {
+        spec: spec(),
+        lateness_us: MIN,
+        snapshot: engine.snapshot(),
+    };
+    PartFlush {
+        partition: 0,
+        epoch,
+        base_offset: base,
+        next_offset: from + n,
+        state: serde_json::to_vec(&state).unwrap(),
+        results: Vec::new(),
+        emissions,
+        late: Vec::new(),
+        dead: Vec::new(),
+        seen: None,
+        seen_seq: 0,
+        seen_horizon: i64::MIN,
+        unpublished: b"[]".to_vec(),
+    }
+}
+
+async fn restore(db: &TestDb) -> store::Restored {
+    store::restore(&db.pool, GROUP, TOPIC, 0, spec(), MIN)
+        .await
+        .unwrap()
+}
+
+async fn write(db: &TestDb, f: &PartFlush) -> FlushOutcome {
+    store::write_flush(&db.pool, GROUP, TOPIC, "test", std::slice::from_ref(f))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_former_owners_late_write_is_refused_not_the_new_owners() {
+    let db = TestDb::new().await;
+
+    // Instance A owns partition 0 and commits offsets 0..10.
+    let mut a = restore(&db).await;
+    assert_eq!(a.next_offset, None);
+    let first = flush(&mut a.engine, a.epoch, None, 0, 10);
+    assert!(matches!(write(&db, &first).await, FlushOutcome::Committed));
+
+    // A builds its next flush (offsets 10..20) but it is still in flight when a rebalance gives
+    // the partition to instance B, which restores from what MySQL holds.
+    let a_late = flush(&mut a.engine, a.epoch, Some(10), 10, 10);
+    let mut b = restore(&db).await;
+    assert!(b.epoch > a.epoch);
+    assert_eq!(b.next_offset, Some(10));
+
+    // A's write lands afterwards: refused, nothing of it written.
+    match write(&db, &a_late).await {
+        FlushOutcome::Fenced(ps) => assert_eq!(ps, vec![0]),
+        FlushOutcome::Committed => panic!("the former owner's late write went through"),
+    }
+    let (next,): (i64,) = sqlx::query_as("SELECT next_offset FROM aggregator_state")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(next, 10);
+
+    // B re-reads 10..20 itself and writes: accepted.
+    let b_flush = flush(&mut b.engine, b.epoch, Some(10), 10, 10);
+    assert!(matches!(
+        write(&db, &b_flush).await,
+        FlushOutcome::Committed
+    ));
+    let (next,): (i64,) = sqlx::query_as("SELECT next_offset FROM aggregator_state")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(next, 20);
+}
+
+#[tokio::test]
+async fn a_restore_waits_for_a_flush_in_progress_and_sees_what_it_committed() {
+    let db = TestDb::new().await;
+    let mut a = restore(&db).await;
+    let f = flush(&mut a.engine, a.epoch, None, 0, 5);
+    assert!(matches!(write(&db, &f).await, FlushOutcome::Committed));
+    // A flush transaction of A in progress: owner row locked, offsets moved, not committed yet.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT epoch FROM aggregator_owner FOR UPDATE")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE aggregator_state SET next_offset = 7")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let pool = db.pool.clone();
+    let restoring = tokio::spawn(async move {
+        store::restore(&pool, GROUP, TOPIC, 0, spec(), MIN)
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!restoring.is_finished(), "the restore waits for the flush");
+    tx.commit().await.unwrap();
+    let b = restoring.await.unwrap();
+    assert_eq!(
+        b.next_offset,
+        Some(7),
+        "the restore sees the flush's offsets"
+    );
+    assert!(b.epoch > a.epoch);
+}
