@@ -17,43 +17,13 @@ COUNT=${COUNT:-5000000}
 RATE=${RATE:-1000}
 LAT_SECONDS=${LAT_SECONDS:-30}
 
-set -a; eval "$(scripts/infra.sh up)"; set +a
-cargo build --release --locked -q -p producer -p stream-aggregator -p bench
-work=$(mktemp -d)
-mock_pid=
-stamp=$(date +%s)
+. scripts/bench-lib.sh
+bench_setup producer stream-aggregator bench
 db="cstest_bench_agg_$stamp"
-test_url=${COINSTREAM_TEST_MYSQL_URL%/}
-sql() { mysql_cli=$(command -v mariadb || command -v mysql); MYSQL_PWD=coinstream_test "$mysql_cli" --protocol=TCP -h "$MYSQL_HOST" -P "$MYSQL_PORT" -u coinstream_test -N -e "$1"; }
-cleanup() {
-  [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null
-  sql "DROP DATABASE IF EXISTS \`$db\`; DROP DATABASE IF EXISTS \`${db}_lat\`" || true
-  [ -n "${KEEP_LOGS:-}" ] && cp -r "$work" "$KEEP_LOGS"
-  rm -rf "$work"
-}
-trap cleanup EXIT
-sql "CREATE DATABASE \`$db\`; CREATE DATABASE \`${db}_lat\`"
-
+bench_db "$db"
+bench_db "${db}_lat"
 # --retain-all: the mock otherwise keeps only 5 MB per partition (see mock-kafka).
-./target/release/mock-kafka --retain-all --topic "agg_in:10" --topic "agg_out:3" --topic "lat_in:3" --topic "lat_out:3" >"$work/mock.env" &
-mock_pid=$!
-for _ in $(seq 1 50); do grep -q KAFKA_BOOTSTRAP_SERVERS "$work/mock.env" && break; sleep 0.1; done
-bootstrap=$(sed -n 's/^KAFKA_BOOTSTRAP_SERVERS=//p' "$work/mock.env")
-
-stats() { # log -> last statistics line as "key=value ..." for the fields asked
-  python3 - "$@" <<'PY'
-import json, sys
-last = None
-for line in open(sys.argv[1]):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
-    if e.get("message", "").endswith("statistics"):
-        last = e
-print(" ".join(str(last.get(k)) for k in sys.argv[2:]))
-PY
-}
+start_mock --retain-all --topic "agg_in:10" --topic "agg_out:3" --topic "lat_in:3" --topic "lat_out:3"
 
 echo "filling agg_in with $COUNT updates" >&2
 # Big producer batches (the mock returns one stored batch per partition per fetch), lz4 as our
@@ -75,7 +45,7 @@ DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json 
   --topic agg_in --output-topic agg_out --group "bench-$stamp" --window 1m --watermark 10m --idle-timeout 2s \
   --exit-idle 4s --flush-interval 1s --stats-interval 1h 2>"$work/agg.log" \
   || { cat "$work/agg.log" >&2; exit 1; }
-read -r events secs cpu rss <<<"$(stats "$work/agg.log" events processing_seconds cpu_seconds peak_rss_mb)"
+read -r events secs cpu rss <<<"$(log_fields "$work/agg.log" statistics events processing_seconds cpu_seconds peak_rss_mb)"
 rows=$(sql "SELECT COUNT(*), SUM(is_final), SUM(update_count) FROM \`$db\`.stream_agg")
 
 echo "latency: $RATE updates/s for $LAT_SECONDS s, flush every 50 ms" >&2
@@ -89,7 +59,7 @@ sleep 0.5
 DATABASE_URL="$test_url/${db}_lat" KAFKA_BOOTSTRAP_SERVERS=$bootstrap ./target/release/producer --source simulate \
   --rate "$RATE" --count $((RATE * LAT_SECONDS)) --pair-count 10 --topic lat_in --stats-interval 1h 2>"$work/lat-producer.log"
 wait "$agg_pid" || { cat "$work/lat.log" >&2; exit 1; }
-read -r lat_n p50 p95 p99 pmax <<<"$(stats "$work/lat.log" events latency_p50_ms latency_p95_ms latency_p99_ms latency_max_ms)"
+read -r lat_n p50 p95 p99 pmax <<<"$(log_fields "$work/lat.log" statistics events latency_p50_ms latency_p95_ms latency_p99_ms latency_max_ms)"
 
 python3 - "$events" "$secs" "$cpu" "$rss" "$plain_rate" "$rows" <<'PY'
 import sys

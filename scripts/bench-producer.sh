@@ -11,34 +11,20 @@ MOCK_COUNT=${MOCK_COUNT:-2000000}
 TANSU_COUNT=${TANSU_COUNT:-200000}
 PAIRS=${PAIRS:-10}
 
-set -a; eval "$(scripts/infra.sh up)"; set +a
-cargo build --release --locked -q -p producer -p bench
-work=$(mktemp -d)
-mock_pid=
-cleanup() { [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
+. scripts/bench-lib.sh
+bench_setup producer bench
 
 # Runs the producer; prints "messages cpu_seconds peak_rss_mb elapsed_seconds delivered_per_second".
 run_producer() { # bootstrap topic count
   KAFKA_BOOTSTRAP_SERVERS=$1 LOG_FORMAT=json ./target/release/producer --source simulate --rate 0 \
     --count "$3" --pair-count "$PAIRS" --seed 1 --topic "$2" --stats-interval 1h 2>"$work/log" \
     || { cat "$work/log" >&2; exit 1; }
-  python3 - "$work/log" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
-    if e.get("message") == "producer finished":
-        print(e["delivered"], e["cpu_seconds"], round(e["peak_rss_mb"], 1), round(e["elapsed_seconds"], 2), int(e["delivered_per_second"]))
-PY
+  read -r n cpu rss wall rate <<<"$(log_fields "$work/log" "producer finished" delivered cpu_seconds peak_rss_mb elapsed_seconds delivered_per_second)"
+  printf '%s %s %.1f %.2f %.0f\n' "$n" "$cpu" "$rss" "$wall" "$rate"
 }
 
-./target/release/mock-kafka --topic "bench_raw:3" >"$work/mock.env" &
-mock_pid=$!
-for _ in $(seq 1 50); do grep -q KAFKA_BOOTSTRAP_SERVERS "$work/mock.env" && break; sleep 0.1; done
-mock_bootstrap=$(sed -n 's/^KAFKA_BOOTSTRAP_SERVERS=//p' "$work/mock.env")
+start_mock --topic "bench_raw:3"
+mock_bootstrap=$bootstrap
 
 echo "| broker | messages | producer CPU s | messages per CPU-second | peak RSS MB | wall s | wall messages/s |"
 echo "|---|---|---|---|---|---|---|"

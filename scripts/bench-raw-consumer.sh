@@ -13,26 +13,12 @@ BATCH_SIZE=${BATCH_SIZE:-5000}
 PARTITIONS=${PARTITIONS:-16}
 PAIRS=${PAIRS:-40}
 
-set -a; eval "$(scripts/infra.sh up)"; set +a
-cargo build --release --locked -q -p producer -p raw-consumer -p bench
-work=$(mktemp -d)
-mock_pid=
-stamp=$(date +%s)
+. scripts/bench-lib.sh
+bench_setup producer raw-consumer bench
 db="cstest_bench_$stamp"
-test_url=${COINSTREAM_TEST_MYSQL_URL%/}
-sql() { mysql_cli=$(command -v mariadb || command -v mysql); MYSQL_PWD=coinstream_test "$mysql_cli" --protocol=TCP -h "$MYSQL_HOST" -P "$MYSQL_PORT" -u coinstream_test -e "$1"; }
-cleanup() {
-  [ -n "$mock_pid" ] && kill "$mock_pid" 2>/dev/null
-  sql "DROP DATABASE IF EXISTS \`$db\`; DROP DATABASE IF EXISTS \`${db}_rows\`" || true
-  [ -n "${KEEP_LOGS:-}" ] && cp -r "$work" "$KEEP_LOGS"; rm -rf "$work"
-}
-trap cleanup EXIT
-sql "CREATE DATABASE \`$db\`; CREATE DATABASE \`${db}_rows\`"
-
-./target/release/mock-kafka --topic "bench_raw:$PARTITIONS" >"$work/mock.env" &
-mock_pid=$!
-for _ in $(seq 1 50); do grep -q KAFKA_BOOTSTRAP_SERVERS "$work/mock.env" && break; sleep 0.1; done
-bootstrap=$(sed -n 's/^KAFKA_BOOTSTRAP_SERVERS=//p' "$work/mock.env")
+bench_db "$db"
+bench_db "${db}_rows"
+start_mock --topic "bench_raw:$PARTITIONS"
 
 echo "filling topic bench_raw with $COUNT updates" >&2
 # Big producer batches: the mock cluster returns one stored batch per partition per fetch.
@@ -46,21 +32,9 @@ unset KAFKA_PRODUCER_PROPERTIES
 DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/raw-consumer \
   --topic bench_raw --group "bench-$stamp" --exit-idle 3s --batch-size "$BATCH_SIZE" --stats-interval 1h 2>"$work/raw.log" \
   || { cat "$work/raw.log" >&2; exit 1; }
-rows=$(sql "SELECT COUNT(*) FROM \`$db\`.raw_coin_data" | tail -1)
-result=$(python3 - "$work/raw.log" <<'PY'
-import json, sys
-last = None
-for line in open(sys.argv[1]):
-    try:
-        e = json.loads(line)
-    except ValueError:
-        continue
-    if e.get("message", "").endswith("statistics"):
-        last = e
-print(last["rows_written"], round(last["active_seconds"], 2), int(last["rows_per_second"]), last["cpu_seconds"], round(last["peak_rss_mb"], 1))
-PY
-)
-read -r written secs rate cpu rss <<<"$result"
+rows=$(sql "SELECT COUNT(*) FROM \`$db\`.raw_coin_data")
+read -r written secs rate cpu rss <<<"$(log_fields "$work/raw.log" statistics rows_written active_seconds rows_per_second cpu_seconds peak_rss_mb)"
+secs=$(printf '%.2f' "$secs"); rate=$(printf '%.0f' "$rate"); rss=$(printf '%.1f' "$rss")
 
 echo "baseline: row-at-a-time on $BASELINE_COUNT updates" >&2
 baseline=$(./target/release/row-at-a-time --bootstrap-servers "$bootstrap" --topic bench_raw --group "bench-rows-$stamp" \
