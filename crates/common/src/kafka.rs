@@ -43,7 +43,11 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig 
         // When the queue is full librdkafka pauses fetching for `fetch.queue.backoff.ms`
         // (default 1 s, which throttled a fast consumer to a crawl): resume soon instead.
         .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.queue.backoff.ms", "20");
+        .set("fetch.queue.backoff.ms", "20")
+        // A fetch that finds nothing new returns after 100 ms instead of 500: brokers that hold a
+        // fetch for the whole wait (the test broker pads every fetch to at least half of it)
+        // otherwise delay the first messages after an assignment and every live update.
+        .set("fetch.wait.max.ms", "100");
     c
 }
 

@@ -1,7 +1,9 @@
 //! Service statistics: this process's CPU time and peak memory, and rows in `service_stats` that
-//! `compare` reads to report throughput and resource use per service.
+//! `compare` reads to report throughput and resource use per service. Each service's own figures
+//! are typed ([`Details`]), stored as JSON and read back by compare through the same types.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
 
 /// CPU time and peak resident memory of this process (all threads), from `/proc` on Linux.
@@ -40,6 +42,111 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Figures of the consumer runtime (`common::consumer`), the same for every consuming service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsumerFigures {
+    /// Messages received and new to the group.
+    pub messages: u64,
+    /// Messages skipped because MySQL's offsets show them applied already.
+    pub already_applied: u64,
+    /// Messages of partitions this instance did not hold any more (left to their owner).
+    pub not_owned: u64,
+    /// Writes committed.
+    pub writes: u64,
+    /// Rejoins of the group by the watchdog.
+    pub rejoins: u64,
+    /// Messages in the topic not yet applied (MySQL's offsets against the high watermarks).
+    pub lag: Option<i64>,
+    /// Partitions held now.
+    pub partitions_held: usize,
+    /// Seconds from the first message received to the last write committed.
+    pub active_seconds: f64,
+}
+
+/// Figures of raw-consumer and update-counter (`common::ingest`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngestFigures {
+    pub rows_written: u64,
+    pub dead_letters: u64,
+    /// Messages found applied already by a write's locked offsets (a former owner wrote them).
+    pub fenced: u64,
+    pub db_retries: u64,
+    /// Seconds spent writing batches to MySQL (successful attempts and retries).
+    pub db_seconds: f64,
+}
+
+/// Latency of the stream aggregator: producer received to the commit of the window row.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyFigures {
+    pub samples: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Log-spaced buckets: (upper bound in ms, updates).
+    pub histogram_ms: Vec<(f64, u64)>,
+}
+
+/// Figures of the stream aggregator.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AggregatorFigures {
+    pub events: u64,
+    pub applied: u64,
+    pub late: u64,
+    pub partly_late: u64,
+    pub duplicates: u64,
+    pub dead_letters: u64,
+    pub windows_emitted: u64,
+    pub open_windows: usize,
+    pub db_retries: u64,
+    /// Largest distance of a partition's watermark behind the wall clock.
+    pub watermark_lag_seconds: Option<f64>,
+    /// Seconds from the first to the latest event applied.
+    pub processing_seconds: f64,
+    pub latency: LatencyFigures,
+}
+
+/// Figures of the producer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProducerFigures {
+    pub unchanged: u64,
+    pub malformed: u64,
+    pub failed_requests: u64,
+    pub retried_deliveries: u64,
+    pub sent: u64,
+    pub quota_remaining: Option<i64>,
+}
+
+/// The service-specific part of a `service_stats` row (column `details`, JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Details {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consumer: Option<ConsumerFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<IngestFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<AggregatorFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub producer: Option<ProducerFigures>,
+}
+
+impl Details {
+    /// Reads a stored `details` column; rows of older versions (other shapes) read as empty.
+    pub fn from_json(text: &str) -> Self {
+        serde_json::from_str(text).unwrap_or_default()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("statistics always serialize")
+    }
+}
+
 /// Counters a service reports; zero where a figure does not apply to it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Counters {
@@ -51,7 +158,7 @@ pub struct Counters {
     pub late_events: u64,
     pub consumer_lag: Option<i64>,
     /// Service-specific figures.
-    pub details: serde_json::Map<String, serde_json::Value>,
+    pub details: Details,
 }
 
 /// Writes one `service_stats` row per call, identifying this process as `host:pid:start`.
@@ -66,9 +173,7 @@ pub struct StatsRecorder {
 impl StatsRecorder {
     pub fn new(pool: MySqlPool, service: &'static str) -> Self {
         let started_at = Utc::now();
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".into());
+        let host = crate::config::hostname();
         let instance = format!("{host}:{}:{}", std::process::id(), started_at.timestamp());
         StatsRecorder {
             pool,
@@ -93,8 +198,7 @@ impl StatsRecorder {
     /// Stores the counters with the current process usage; returns the usage recorded.
     pub async fn record(&self, c: &Counters) -> Result<ProcessUsage, sqlx::Error> {
         let usage = process_usage();
-        let details = (!c.details.is_empty())
-            .then(|| serde_json::Value::Object(c.details.clone()).to_string());
+        let details = (c.details != Details::default()).then(|| c.details.to_json());
         sqlx::query(
             "INSERT INTO service_stats (service, instance, recorded_at, started_at, events_in, events_out, \
              dead_letters, late_events, consumer_lag, cpu_seconds, peak_rss_bytes, details) \
@@ -121,6 +225,28 @@ impl StatsRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn details_round_trip_and_tolerate_old_rows() {
+        let d = Details {
+            aggregator: Some(AggregatorFigures {
+                events: 7,
+                latency: LatencyFigures {
+                    p99_ms: 12.5,
+                    histogram_ms: vec![(1.0, 3), (2.0, 4)],
+                    ..LatencyFigures::default()
+                },
+                ..AggregatorFigures::default()
+            }),
+            ..Details::default()
+        };
+        assert_eq!(Details::from_json(&d.to_json()), d);
+        assert!(!d.to_json().contains("producer"));
+        // A row written before the figures were typed (string keys at the top level).
+        let old = Details::from_json(r#"{"latency_p50_ms": 3.0, "batches": 2}"#);
+        assert_eq!(old, Details::default());
+        assert_eq!(Details::from_json("not json"), Details::default());
+    }
 
     #[test]
     fn reads_own_usage() {

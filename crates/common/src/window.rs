@@ -1,12 +1,86 @@
-//! A window result as published on topic `aggregated_data` by the stream aggregator, in the
+//! Windows: the validated [`WindowSpec`] shared by the stream aggregator and compare, and a window
+//! result as published on topic `aggregated_data` by the stream aggregator, in the
 //! original Spark job's JSON shape plus `is_final`, `first_rate` and `last_rate`:
 //! `{"window":{"start":"..","end":".."},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":30,
 //!   "avg_rate":..,"min_rate":..,"max_rate":..,"sum_rate":..,"first_rate":..,"last_rate":..,"is_final":false}`
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{format_time, parse_time, AssetId, ModelError};
+use crate::{
+    config::ConfigError,
+    model::{format_time, parse_time, AssetId, ModelError},
+};
+
+/// Window size and slide in microseconds: windows `[start, start + size)` with starts at every
+/// multiple of `slide` since the epoch (UTC). Tumbling windows have `slide == size`.
+///
+/// Constructed only through [`WindowSpec::from_settings`] (checked: size at least 1 ms, slide
+/// positive, at most the size and dividing it) or the infallible [`WindowSpec::tumbling`] /
+/// [`WindowSpec::sliding`] for values known to be valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    pub size_us: i64,
+    pub slide_us: i64,
+}
+
+impl WindowSpec {
+    /// The spec from the `WINDOW` and `SLIDE` settings (no slide: tumbling); a bad value is a
+    /// [`ConfigError`] naming the setting.
+    pub fn from_settings(window: Duration, slide: Option<Duration>) -> Result<Self, ConfigError> {
+        let size = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+        if size < 1_000 {
+            return Err(ConfigError::new("WINDOW", "must be at least 1ms"));
+        }
+        let slide = slide.map_or(size, |s| i64::try_from(s.as_micros()).unwrap_or(i64::MAX));
+        Self::checked(size, slide)
+    }
+
+    /// The spec from microseconds (a recorded spec), checked like [`WindowSpec::from_settings`].
+    pub fn checked(size_us: i64, slide_us: i64) -> Result<Self, ConfigError> {
+        if size_us <= 0 {
+            return Err(ConfigError::new("WINDOW", "must be positive"));
+        }
+        if slide_us <= 0 || slide_us > size_us || size_us % slide_us != 0 {
+            return Err(ConfigError::new(
+                "SLIDE",
+                "must be positive, at most WINDOW, and divide WINDOW",
+            ));
+        }
+        Ok(WindowSpec { size_us, slide_us })
+    }
+
+    /// Tumbling windows of `size_us` (positive).
+    pub fn tumbling(size_us: i64) -> Self {
+        Self::sliding(size_us, size_us)
+    }
+
+    /// Windows of `size_us` starting every `slide_us`; panics unless `0 < slide <= size` and
+    /// `slide` divides `size` (use [`WindowSpec::checked`] for values from outside).
+    pub fn sliding(size_us: i64, slide_us: i64) -> Self {
+        Self::checked(size_us, slide_us).expect("0 < slide <= size, slide divides size")
+    }
+
+    /// Windows each event belongs to.
+    pub fn windows_per_event(&self) -> i64 {
+        self.size_us / self.slide_us
+    }
+
+    /// Starts of the windows covering `t`, latest first.
+    pub fn starts(&self, t: i64) -> impl Iterator<Item = i64> + '_ {
+        let last = t.div_euclid(self.slide_us) * self.slide_us;
+        (0..)
+            .map(move |k| last - k * self.slide_us)
+            .take_while(move |s| s + self.size_us > t)
+    }
+
+    /// End of the latest window covering `t`.
+    pub fn last_end(&self, t: i64) -> i64 {
+        t.div_euclid(self.slide_us) * self.slide_us + self.size_us
+    }
+}
 
 /// `[start, end)` in UTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,6 +204,38 @@ impl WindowResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_are_checked_and_name_the_setting() {
+        let s = |ms| Duration::from_millis(ms);
+        assert_eq!(
+            WindowSpec::from_settings(s(60_000), None).unwrap(),
+            WindowSpec::tumbling(60_000_000)
+        );
+        assert_eq!(
+            WindowSpec::from_settings(s(60_000), Some(s(20_000)))
+                .unwrap()
+                .windows_per_event(),
+            3
+        );
+        assert_eq!(
+            WindowSpec::from_settings(s(0), None).unwrap_err().setting,
+            "WINDOW"
+        );
+        for slide in [0, 70_000, 25_000] {
+            let e = WindowSpec::from_settings(s(60_000), Some(s(slide))).unwrap_err();
+            assert_eq!(e.setting, "SLIDE", "slide {slide}");
+        }
+        assert!(WindowSpec::checked(10, 0).is_err());
+    }
+
+    #[test]
+    fn starts_cover_the_event() {
+        let spec = WindowSpec::sliding(10, 5);
+        assert_eq!(spec.starts(12).collect::<Vec<_>>(), vec![10, 5]);
+        assert_eq!(spec.starts(-3).collect::<Vec<_>>(), vec![-5, -10]);
+        assert_eq!(spec.last_end(12), 20);
+    }
 
     #[test]
     fn round_trips_and_reads_the_original_shape() {

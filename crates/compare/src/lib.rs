@@ -10,11 +10,15 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use chrono::Utc;
 use clap::{Parser, ValueEnum};
-use common::config::{non_empty, parse_duration, ConfigError, MySqlArgs, TelemetryArgs};
+use common::{
+    config::{non_empty, parse_duration, ConfigError, MySqlArgs, TelemetryArgs},
+    window::WindowSpec,
+};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     accuracy::compare,
-    queries::Spec,
     report::{AvgPoint, Report},
 };
 
@@ -70,21 +74,7 @@ pub async fn build_report(pool: &sqlx::MySqlPool, settings: &Settings) -> anyhow
         settings.window,
         queries::recorded_spec(pool, &settings.group).await?,
     ) {
-        (Some(w), _) => {
-            let window_us = w.as_micros() as i64;
-            let slide_us = settings.slide.map_or(window_us, |s| s.as_micros() as i64);
-            if slide_us <= 0 || slide_us > window_us || window_us % slide_us != 0 {
-                return Err(ConfigError::new(
-                    "SLIDE",
-                    "must be positive, at most the window, and divide it",
-                )
-                .into());
-            }
-            Spec {
-                window_us,
-                slide_us,
-            }
-        }
+        (Some(w), _) => WindowSpec::from_settings(w, settings.slide)?,
         (None, Some(spec)) => spec,
         (None, None) => {
             return Err(ConfigError::new(
@@ -115,25 +105,16 @@ pub async fn build_report(pool: &sqlx::MySqlPool, settings: &Settings) -> anyhow
         }
     }
     let services = queries::services(pool).await?;
-    let details = services
+    let latency = services
         .iter()
         .find(|s| s.service == "stream-aggregator")
-        .and_then(|s| s.details.clone());
-    let stream_latency_ms = details.as_ref().and_then(|d| {
-        Some([
-            d.get("latency_p50_ms")?.as_f64()?,
-            d.get("latency_p95_ms")?.as_f64()?,
-            d.get("latency_p99_ms")?.as_f64()?,
-            d.get("latency_max_ms")?.as_f64()?,
-        ])
-    });
-    let latency_histogram = details
+        .and_then(|s| s.details.aggregator.as_ref())
+        .map(|a| a.latency.clone())
+        .filter(|l| l.samples > 0);
+    let stream_latency_ms = latency
         .as_ref()
-        .and_then(|d| d.get("latency_histogram_ms")?.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|b| Some((b.get(0)?.as_f64()?, b.get(1)?.as_u64()?)))
-        .collect();
+        .map(|l| [l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms]);
+    let latency_histogram = latency.map(|l| l.histogram_ms).unwrap_or_default();
     let batch_latency_ms = queries::batch_latency(pool, batch.seconds).await?;
     let mut averages: BTreeMap<String, Vec<AvgPoint>> = BTreeMap::new();
     for ((b, q, s), agg) in &batch.windows {
@@ -177,7 +158,7 @@ pub async fn store(pool: &sqlx::MySqlPool, r: &Report) -> anyhow::Result<()> {
     )
     .bind(r.run_at.naive_utc())
     .bind(&r.group)
-    .bind(r.spec.window_us)
+    .bind(r.spec.size_us)
     .bind(r.spec.slide_us)
     .bind(a.windows_compared as i64)
     .bind(a.mismatches as i64)
@@ -192,8 +173,8 @@ pub async fn store(pool: &sqlx::MySqlPool, r: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one comparison.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Runs one comparison (a signal stops it at once: nothing is written until the report is ready).
+pub async fn run(settings: Settings, _shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = common::prepare(&settings.mysql, None).await?;
     let report = build_report(&pool, &settings).await?;
     store(&pool, &report).await?;

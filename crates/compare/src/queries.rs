@@ -3,6 +3,7 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
+use common::{stats::Details, window::WindowSpec};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
@@ -15,24 +16,16 @@ fn us(col: &str) -> String {
     US.replace("{}", col)
 }
 
-/// The window spec used for the batch side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Spec {
-    pub window_us: i64,
-    pub slide_us: i64,
-}
-
-/// The spec the aggregator group recorded, if any.
-pub async fn recorded_spec(pool: &MySqlPool, group: &str) -> anyhow::Result<Option<Spec>> {
+/// The spec the aggregator group recorded, if any (checked like a configured one).
+pub async fn recorded_spec(pool: &MySqlPool, group: &str) -> anyhow::Result<Option<WindowSpec>> {
     let row: Option<(i64, i64)> =
         sqlx::query_as("SELECT window_us, slide_us FROM stream_agg_spec WHERE consumer_group = ?")
             .bind(group)
             .fetch_optional(pool)
             .await?;
-    Ok(row.map(|(window_us, slide_us)| Spec {
-        window_us,
-        slide_us,
-    }))
+    Ok(row
+        .map(|(window_us, slide_us)| WindowSpec::checked(window_us, slide_us))
+        .transpose()?)
 }
 
 /// The batch recomputation and how long it took.
@@ -47,8 +40,8 @@ pub struct Batch {
 /// (same Kafka partition and offset in `late_events`) are left out of exactly the windows they
 /// missed: all of them when not applied, those ending at or before the recorded watermark when
 /// applied to the others (sliding windows).
-pub async fn batch(pool: &MySqlPool, spec: Spec, group: &str) -> anyhow::Result<Batch> {
-    let k = (spec.window_us / spec.slide_us).max(1);
+pub async fn batch(pool: &MySqlPool, spec: WindowSpec, group: &str) -> anyhow::Result<Batch> {
+    let k = spec.windows_per_event();
     let numbers = (0..k)
         .map(|j| format!("SELECT {j} AS j"))
         .collect::<Vec<_>>()
@@ -65,7 +58,7 @@ pub async fn batch(pool: &MySqlPool, spec: Spec, group: &str) -> anyhow::Result<
          GROUP BY r.asset_id_base, r.asset_id_quote, start_us",
         t = us("`time`"),
         w = us("l.watermark"),
-        size = spec.window_us,
+        size = spec.size_us,
     );
     let started = Instant::now();
     let rows: Vec<(String, String, i64, i64, f64, f64, f64)> =
@@ -154,9 +147,8 @@ pub struct ServiceFigures {
     pub events_per_second: f64,
     pub cpu_seconds: f64,
     pub peak_rss_mb: f64,
-    /// The aggregator's latest details (latency percentiles and histogram), when present.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub details: Option<serde_json::Value>,
+    /// The latest service-specific figures (the aggregator's latency among them).
+    pub details: Details,
 }
 
 /// Figures per service from `service_stats` (each instance's latest row).
@@ -185,8 +177,8 @@ pub async fn services(pool: &MySqlPool) -> anyhow::Result<Vec<ServiceFigures>> {
         f.running_seconds = f.running_seconds.max(secs);
         f.cpu_seconds += cpu;
         f.peak_rss_mb = f.peak_rss_mb.max(rss as f64 / 1_048_576.0);
-        if let Some(d) = details.and_then(|d| serde_json::from_str(&d).ok()) {
-            f.details = Some(d);
+        if let Some(d) = details {
+            f.details = Details::from_json(&d);
         }
     }
     let mut out: Vec<ServiceFigures> = by.into_values().collect();

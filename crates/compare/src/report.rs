@@ -7,10 +7,9 @@ use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_FULL, Table};
 use serde::Serialize;
 
-use crate::{
-    accuracy::Accuracy,
-    queries::{ServiceFigures, Spec},
-};
+use common::window::WindowSpec;
+
+use crate::{accuracy::Accuracy, queries::ServiceFigures};
 
 /// Stream vs batch average rate of one window (for the chart).
 #[derive(Debug, Clone, Serialize)]
@@ -25,7 +24,7 @@ pub struct AvgPoint {
 pub struct Report {
     pub run_at: DateTime<Utc>,
     pub group: String,
-    pub spec: Spec,
+    pub spec: WindowSpec,
     pub accuracy: Accuracy,
     /// `coin_update_count` rows whose count differs from the batch count of a final window.
     pub update_count_mismatches: usize,
@@ -131,7 +130,7 @@ impl Report {
             out,
             "coinstream: stream vs batch ({} window {} s, slide {} s)",
             self.group,
-            self.spec.window_us as f64 / 1e6,
+            self.spec.size_us as f64 / 1e6,
             self.spec.slide_us as f64 / 1e6
         );
         let _ = writeln!(out, "{t}");
@@ -185,7 +184,7 @@ impl Report {
         let mut out = format!(
             "# coinstream: stream vs batch\n\nGroup `{}`, window {} s, slide {} s, run at {}.\n\n",
             self.group,
-            self.spec.window_us as f64 / 1e6,
+            self.spec.size_us as f64 / 1e6,
             self.spec.slide_us as f64 / 1e6,
             self.run_at.to_rfc3339()
         );
@@ -232,7 +231,7 @@ impl Report {
         } else {
             "<span class=\"fail\">FAIL</span>"
         };
-        let _ = writeln!(out, "<h1>coinstream: stream vs batch</h1><p>Accuracy: {verdict}. Group <code>{}</code>, window {} s, slide {} s, run at {}.</p>", esc(&self.group), self.spec.window_us as f64 / 1e6, self.spec.slide_us as f64 / 1e6, self.run_at.to_rfc3339());
+        let _ = writeln!(out, "<h1>coinstream: stream vs batch</h1><p>Accuracy: {verdict}. Group <code>{}</code>, window {} s, slide {} s, run at {}.</p>", esc(&self.group), self.spec.size_us as f64 / 1e6, self.spec.slide_us as f64 / 1e6, self.run_at.to_rfc3339());
         out.push_str("<table><tr><th></th><th>stream</th><th>batch</th></tr>\n");
         for (a, b, c) in self.summary() {
             let _ = writeln!(

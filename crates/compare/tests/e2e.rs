@@ -4,65 +4,29 @@
 //! fail and names the window; the HTML report is well-formed and holds the charts.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use common::testing::{service_command, TestDb, TestKafka};
-
-/// A sibling service binary (built by `cargo test --workspace`; built here when missing).
-fn binary(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_compare"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--bins",
-                "-p",
-                "producer",
-                "-p",
-                "raw-consumer",
-                "-p",
-                "stream-aggregator",
-                "-p",
-                "update-counter",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the service binaries");
-    }
-    path
-}
-
-/// Service logs go to `$COINSTREAM_TEST_LOG_DIR/<service>.log` when set (appended), else nowhere.
-fn log_file(name: &str) -> Stdio {
-    match std::env::var("COINSTREAM_TEST_LOG_DIR") {
-        Ok(dir) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(PathBuf::from(dir).join(format!("{name}.log")))
-            .map(Stdio::from)
-            .unwrap_or_else(|_| Stdio::null()),
-        Err(_) => Stdio::null(),
-    }
-}
+use common::testing::{
+    service_command,
+    services::{log_dir, log_to, service_binary},
+    TestDb, TestKafka,
+};
 
 struct Pipeline<'a> {
     db: &'a TestDb,
     kafka: &'a TestKafka,
     raw: String,
     agg: String,
+    logs: PathBuf,
 }
 
 impl Pipeline<'_> {
     fn cmd(&self, name: &str) -> Command {
         let mut c = service_command(
-            binary(name).to_str().unwrap(),
+            service_binary(name).to_str().unwrap(),
             self.db,
             &self.kafka.bootstrap_servers,
         );
@@ -73,7 +37,7 @@ impl Pipeline<'_> {
             .env("UPDATE_COUNTER_GROUP", self.kafka.group("cnt"))
             .env("KAFKA_SESSION_TIMEOUT", "6s")
             .stdout(Stdio::null())
-            .stderr(log_file(name));
+            .stderr(log_to(&self.logs, name));
         match name {
             "stream-aggregator" => {
                 c.args([
@@ -150,8 +114,16 @@ async fn five_services_with_kills_then_compare() {
         kafka: &kafka,
         raw: kafka.create_topic("raw", 3).await,
         agg: kafka.create_topic("agg", 3).await,
+        logs: log_dir("e2e"),
     };
+    run_with_kills(&p).await;
+    check_tables_and_report(&p).await;
+    check_html_report(&p, &p.logs);
+    check_a_corrupted_row_is_named(&p).await;
+}
 
+/// Every service runs; one of each is SIGKILLed mid-run and restarted; all drain and exit 0.
+async fn run_with_kills(p: &Pipeline<'_>) {
     // Consumers first (they wait for data); then the producer, killed once mid-run and restarted
     // (the same seed and event clock: the restart republishes, the pipeline deduplicates).
     let raw = p.spawn("raw-consumer", &[]);
@@ -182,7 +154,11 @@ async fn five_services_with_kills_then_compare() {
     for c in rest.iter_mut() {
         assert!(c.wait().unwrap().success());
     }
+}
 
+/// Every distinct update stored once, late events recorded, and compare passes (JSON, stored).
+async fn check_tables_and_report(p: &Pipeline<'_>) {
+    let db = p.db;
     let late: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM late_events")
         .fetch_one(&db.pool)
         .await
@@ -219,10 +195,11 @@ async fn five_services_with_kills_then_compare() {
         .await
         .unwrap();
     assert_eq!(runs, 1);
+}
 
-    // The HTML report: well-formed, with both charts.
-    let html_path =
-        std::env::temp_dir().join(format!("report-{}.html", common::testing::unique_suffix()));
+/// The HTML report: well-formed, with both charts.
+fn check_html_report(p: &Pipeline<'_>, dir: &Path) {
+    let html_path = dir.join("report.html");
     let out = p.compare(&["--format", "html", "--output", html_path.to_str().unwrap()]);
     assert!(out.status.success());
     let html = std::fs::read_to_string(&html_path).unwrap();
@@ -258,8 +235,11 @@ async fn five_services_with_kills_then_compare() {
             >= 8,
         "stream and batch lines"
     );
+}
 
-    // A corrupted row fails the check and is named.
+/// A corrupted row fails the check and is named.
+async fn check_a_corrupted_row_is_named(p: &Pipeline<'_>) {
+    let db = p.db;
     let (base, quote, start): (String, String, chrono::NaiveDateTime) = sqlx::query_as(
         "SELECT asset_id_base, asset_id_quote, start_time FROM stream_agg WHERE is_final ORDER BY start_time LIMIT 1",
     )

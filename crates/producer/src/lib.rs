@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Context;
 use chrono::Utc;
-use common::stats::{Counters, StatsRecorder};
+use common::stats::{Counters, Details, ProducerFigures, StatsRecorder};
 use tokio_util::sync::CancellationToken;
 
 pub use settings::{Settings, Source};
@@ -61,20 +61,21 @@ impl Reporter {
     }
 
     async fn report_async(&self, totals: &Totals, publisher: &Publisher, last: bool) {
-        let mut details = serde_json::Map::new();
-        details.insert("unchanged".into(), totals.unchanged.into());
-        details.insert("malformed".into(), totals.malformed.into());
-        details.insert("failed_requests".into(), totals.failed_requests.into());
-        details.insert("retried_deliveries".into(), publisher.retried().into());
-        details.insert("sent".into(), publisher.sent().into());
-        if let Some(q) = totals.quota_remaining {
-            details.insert("quota_remaining".into(), q.into());
-        }
         let counters = Counters {
             events_in: totals.produced,
             events_out: publisher.delivered(),
             dead_letters: totals.malformed,
-            details,
+            details: Details {
+                producer: Some(ProducerFigures {
+                    unchanged: totals.unchanged,
+                    malformed: totals.malformed,
+                    failed_requests: totals.failed_requests,
+                    retried_deliveries: publisher.retried(),
+                    sent: publisher.sent(),
+                    quota_remaining: totals.quota_remaining,
+                }),
+                ..Details::default()
+            },
             ..Counters::default()
         };
         let usage = self.recorder.record_or_warn(&counters).await;
@@ -102,7 +103,7 @@ impl Reporter {
 }
 
 /// Runs the producer until its source is exhausted or it is asked to stop.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let (source, defaulted) = settings.resolve_source()?;
     match (source, defaulted) {
         (Source::Simulate, true) => tracing::info!(
@@ -119,7 +120,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         recorder: StatsRecorder::new(pool.clone(), "producer"),
         runtime: tokio::runtime::Handle::current(),
     };
-    let shutdown = common::shutdown::on_signal();
     let publisher = Publisher::with_config(&settings.kafka.producer_config(), &settings.topic)?;
     let result = match source {
         Source::Coinapi => run_coinapi(&settings, publisher, reporter, shutdown).await,

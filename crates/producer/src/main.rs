@@ -3,5 +3,5 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let settings: producer::Settings = common::config::load();
     common::telemetry::init("producer", &settings.telemetry);
-    common::run_service("producer", producer::run(settings))
+    common::run_service("producer", |shutdown| producer::run(settings, shutdown))
 }

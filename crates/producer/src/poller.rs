@@ -10,7 +10,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use common::Pair;
+use common::{Pair, RateUpdate};
 use tokio_util::sync::CancellationToken;
 
 use common::backoff::Backoff;
@@ -63,6 +63,13 @@ pub struct Poller {
     rate_backoff: Backoff,
 }
 
+/// Retries of one request after transient failures.
+#[derive(Debug)]
+struct Retry {
+    transient: Backoff,
+    attempts: u32,
+}
+
 impl Poller {
     pub fn new(client: CoinApiClient, pairs: &[Pair], config: PollerConfig) -> Self {
         let rate_backoff = Backoff::new(config.backoff_initial, config.backoff_max);
@@ -89,85 +96,18 @@ impl Poller {
     ) -> Result<RoundReport, PollError> {
         let mut report = RoundReport::default();
         for req in self.plan.clone() {
-            let mut transient = Backoff::new(self.config.backoff_initial, self.config.backoff_max);
-            let mut attempts = 0u32;
+            let mut retry = Retry {
+                transient: Backoff::new(self.config.backoff_initial, self.config.backoff_max),
+                attempts: 0,
+            };
             loop {
                 let (outcome, quota) = self.client.fetch(&req).await;
                 if !quota.is_empty() {
                     report.quota = quota.clone();
                 }
-                let wait = match outcome {
-                    Outcome::Rates {
-                        updates,
-                        missing,
-                        bad_entries,
-                    } => {
-                        self.rate_backoff.reset();
-                        for e in &bad_entries {
-                            tracing::warn!(request = %req.path(), error = %e, "malformed entry in CoinAPI response");
-                        }
-                        report.malformed += bad_entries.len() as u64;
-                        for p in &missing {
-                            tracing::warn!(pair = %p, "no rate for this pair in the response; skipped this round");
-                        }
-                        report.skipped.extend(missing);
-                        for u in updates {
-                            if self.last_published.get(&u.pair) == Some(&u.time) {
-                                report.unchanged += 1;
-                                continue;
-                            }
-                            publisher.send(&u)?;
-                            self.last_published.insert(u.pair, u.time);
-                            report.published += 1;
-                        }
-                        break;
-                    }
-                    Outcome::InvalidKey(m) => return Err(PollError::InvalidKey(m)),
-                    Outcome::NoData(m) => {
-                        report.failed_requests += 1;
-                        tracing::warn!(request = %req.path(), message = %m, "CoinAPI has no data (550); skipped this round");
-                        report.skipped.extend(req.pairs());
-                        break;
-                    }
-                    Outcome::Rejected { status, message } => {
-                        report.failed_requests += 1;
-                        tracing::error!(request = %req.path(), status, %message, "CoinAPI rejected the request; skipped this round");
-                        report.skipped.extend(req.pairs());
-                        break;
-                    }
-                    Outcome::Malformed { error, excerpt } => {
-                        report.malformed += 1;
-                        tracing::warn!(request = %req.path(), %error, body = %excerpt, "malformed CoinAPI response");
-                        break;
-                    }
-                    Outcome::RateLimited {
-                        status,
-                        message,
-                        reset,
-                    } => {
-                        report.failed_requests += 1;
-                        let until_reset = reset.and_then(|r| (r - Utc::now()).to_std().ok());
-                        let wait = until_reset.unwrap_or_else(|| self.rate_backoff.next_delay());
-                        tracing::warn!(
-                            request = %req.path(), status, %message,
-                            remaining = ?report.quota.remaining, limit = ?report.quota.limit,
-                            reset = ?reset, wait = ?wait,
-                            "CoinAPI rate limit; waiting before retrying"
-                        );
-                        wait
-                    }
-                    Outcome::Transient(m) => {
-                        report.failed_requests += 1;
-                        attempts += 1;
-                        if attempts > self.config.max_retries {
-                            tracing::error!(request = %req.path(), error = %m, attempts, "CoinAPI request failed; skipped this round");
-                            report.skipped.extend(req.pairs());
-                            break;
-                        }
-                        let wait = transient.next_delay();
-                        tracing::warn!(request = %req.path(), error = %m, attempt = attempts, wait = ?wait, "CoinAPI request failed; retrying");
-                        wait
-                    }
+                let Some(wait) = self.handle(&req, outcome, &mut retry, publisher, &mut report)?
+                else {
+                    break;
                 };
                 report.backoffs.push(wait);
                 tokio::select! {
@@ -178,5 +118,101 @@ impl Poller {
             publisher.check()?;
         }
         Ok(report)
+    }
+
+    /// Acts on one request's outcome; returns how long to wait before asking again, `None`
+    /// when the request is done (published, or skipped this round).
+    fn handle(
+        &mut self,
+        req: &Request,
+        outcome: Outcome,
+        retry: &mut Retry,
+        publisher: &mut Publisher,
+        report: &mut RoundReport,
+    ) -> Result<Option<Duration>, PollError> {
+        match outcome {
+            Outcome::Rates {
+                updates,
+                missing,
+                bad_entries,
+            } => {
+                self.rate_backoff.reset();
+                for e in &bad_entries {
+                    tracing::warn!(request = %req.path(), error = %e, "malformed entry in CoinAPI response");
+                }
+                report.malformed += bad_entries.len() as u64;
+                for p in &missing {
+                    tracing::warn!(pair = %p, "no rate for this pair in the response; skipped this round");
+                }
+                report.skipped.extend(missing);
+                self.publish_new(updates, publisher, report)?;
+                Ok(None)
+            }
+            Outcome::InvalidKey(m) => Err(PollError::InvalidKey(m)),
+            Outcome::NoData(m) => {
+                report.failed_requests += 1;
+                tracing::warn!(request = %req.path(), message = %m, "CoinAPI has no data (550); skipped this round");
+                report.skipped.extend(req.pairs());
+                Ok(None)
+            }
+            Outcome::Rejected { status, message } => {
+                report.failed_requests += 1;
+                tracing::error!(request = %req.path(), status, %message, "CoinAPI rejected the request; skipped this round");
+                report.skipped.extend(req.pairs());
+                Ok(None)
+            }
+            Outcome::Malformed { error, excerpt } => {
+                report.malformed += 1;
+                tracing::warn!(request = %req.path(), %error, body = %excerpt, "malformed CoinAPI response");
+                Ok(None)
+            }
+            Outcome::RateLimited {
+                status,
+                message,
+                reset,
+            } => {
+                report.failed_requests += 1;
+                let until_reset = reset.and_then(|r| (r - Utc::now()).to_std().ok());
+                let wait = until_reset.unwrap_or_else(|| self.rate_backoff.next_delay());
+                tracing::warn!(
+                    request = %req.path(), status, %message,
+                    remaining = ?report.quota.remaining, limit = ?report.quota.limit,
+                    reset = ?reset, wait = ?wait,
+                    "CoinAPI rate limit; waiting before retrying"
+                );
+                Ok(Some(wait))
+            }
+            Outcome::Transient(m) => {
+                report.failed_requests += 1;
+                retry.attempts += 1;
+                if retry.attempts > self.config.max_retries {
+                    tracing::error!(request = %req.path(), error = %m, attempts = retry.attempts, "CoinAPI request failed; skipped this round");
+                    report.skipped.extend(req.pairs());
+                    return Ok(None);
+                }
+                let wait = retry.transient.next_delay();
+                tracing::warn!(request = %req.path(), error = %m, attempt = retry.attempts, wait = ?wait, "CoinAPI request failed; retrying");
+                Ok(Some(wait))
+            }
+        }
+    }
+
+    /// Publishes the updates whose time moved since the last one published for their pair.
+    fn publish_new(
+        &mut self,
+        updates: Vec<RateUpdate>,
+        publisher: &mut Publisher,
+        report: &mut RoundReport,
+    ) -> Result<(), PollError> {
+        for u in updates {
+            if self.last_published.get(&u.pair) == Some(&u.time) {
+                report.unchanged += 1;
+                continue;
+            }
+            publisher.send(&u)?;
+            self.last_published.insert(u.pair, u.time);
+            report.published += 1;
+        }
+        Ok(())
     }
 }

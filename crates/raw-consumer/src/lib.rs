@@ -8,11 +8,11 @@ use std::fmt::Write as _;
 use clap::Parser;
 use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
-    ingest::{IngestArgs, IngestTarget, Meta, Sink},
+    ingest::{IngestArgs, Meta, Service, Sink, Statements},
     model::push_sql_datetime,
     RateUpdate,
 };
-use sqlx::MySqlConnection;
+use tokio_util::sync::CancellationToken;
 
 /// Settings of the raw consumer.
 #[derive(Debug, Parser)]
@@ -93,38 +93,27 @@ impl Sink for RawSink {
             .map_err(|e| e.to_string())
     }
 
-    async fn write(
-        &self,
-        conn: &mut MySqlConnection,
-        rows: &[&RawRow],
-    ) -> Result<u64, sqlx::Error> {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            sqlx::raw_sql(&Self::insert_sql(chunk))
-                .execute(&mut *conn)
-                .await?;
+    fn statements(&self, rows: &[&RawRow]) -> Statements {
+        Statements {
+            sql: rows
+                .chunks(ROWS_PER_STATEMENT)
+                .map(Self::insert_sql)
+                .collect(),
+            rows: rows.len() as u64,
         }
-        Ok(rows.len() as u64)
     }
 }
 
-/// Runs the raw consumer until it is asked to stop (or `--exit-idle`).
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let pool = common::prepare(
-        &settings.mysql,
-        Some((&settings.kafka, &[settings.topic.as_str()])),
-    )
-    .await?;
-    let target = IngestTarget {
-        service: "raw-consumer",
-        topic: settings.topic.clone(),
-        group: settings.group.clone(),
-        client: settings.kafka.consumer_config(&settings.group),
+/// Runs the raw consumer until it is asked to stop (or drained, `--exit-idle`).
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let service = Service {
+        name: "raw-consumer",
+        topic: &settings.topic,
+        group: &settings.group,
+        kafka: &settings.kafka,
+        mysql: &settings.mysql,
     };
-    let shutdown = common::shutdown::on_signal();
-    let totals = common::ingest::run(&RawSink, &pool, &target, &settings.ingest, shutdown).await?;
-    tracing::info!(?totals, "raw-consumer stopped");
-    pool.close().await;
-    Ok(())
+    common::ingest::serve(RawSink, service, &settings.ingest, shutdown).await
 }
 
 #[cfg(test)]

@@ -21,44 +21,9 @@ use rustc_hash::FxBuildHasher;
 
 use crate::seen_times::SeenTimes;
 
+pub use common::window::WindowSpec;
 use common::Pair;
 use serde::{Deserialize, Serialize};
-
-/// Window size and slide in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WindowSpec {
-    pub size_us: i64,
-    pub slide_us: i64,
-}
-
-impl WindowSpec {
-    /// Tumbling windows of `size_us`.
-    pub fn tumbling(size_us: i64) -> Self {
-        Self::sliding(size_us, size_us)
-    }
-
-    /// Windows of `size_us` starting every `slide_us` (which must divide into positive steps).
-    pub fn sliding(size_us: i64, slide_us: i64) -> Self {
-        assert!(
-            size_us > 0 && slide_us > 0 && slide_us <= size_us,
-            "0 < slide <= size"
-        );
-        WindowSpec { size_us, slide_us }
-    }
-
-    /// Starts of the windows covering `t`, latest first.
-    pub fn starts(&self, t: i64) -> impl Iterator<Item = i64> + '_ {
-        let last = t.div_euclid(self.slide_us) * self.slide_us;
-        (0..)
-            .map(move |k| last - k * self.slide_us)
-            .take_while(move |s| s + self.size_us > t)
-    }
-
-    /// End of the latest window covering `t`.
-    pub fn last_end(&self, t: i64) -> i64 {
-        t.div_euclid(self.slide_us) * self.slide_us + self.size_us
-    }
-}
 
 /// Aggregates of one (pair, window).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -3,5 +3,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let settings: stream_aggregator::Settings = common::config::load();
     common::telemetry::init("stream-aggregator", &settings.telemetry);
-    common::run_service("stream-aggregator", stream_aggregator::run(settings))
+    common::run_service("stream-aggregator", |shutdown| {
+        stream_aggregator::run(settings, shutdown)
+    })
 }

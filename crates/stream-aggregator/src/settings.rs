@@ -70,21 +70,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The window spec, checked: a window of at least 1 ms, a slide no longer than the window
-    /// that divides it.
+    /// The window spec, checked (see [`WindowSpec::from_settings`]).
     pub fn spec(&self) -> Result<WindowSpec, ConfigError> {
-        let size = self.window.as_micros() as i64;
-        if size < 1_000 {
-            return Err(ConfigError::new("WINDOW", "must be at least 1ms"));
-        }
-        let slide = self.slide.map_or(size, |s| s.as_micros() as i64);
-        if slide <= 0 || slide > size || size % slide != 0 {
-            return Err(ConfigError::new(
-                "SLIDE",
-                "must be positive, at most WINDOW, and divide WINDOW",
-            ));
-        }
-        Ok(WindowSpec::sliding(size, slide))
+        WindowSpec::from_settings(self.window, self.slide)
     }
 
     pub fn lateness_us(&self) -> i64 {

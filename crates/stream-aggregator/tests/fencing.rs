@@ -3,10 +3,11 @@
 //! (Before the epochs, the late write of the former owner won and the new owner, fenced instead,
 //! dropped the messages it had already read.)
 
-use common::{testing::TestDb, Pair};
+use common::{consumer::offsets::OffsetStore, testing::TestDb, window::WindowSpec, Pair};
 use stream_aggregator::{
-    engine::{Mode, PartitionEngine, WindowSpec},
-    store::{self, FlushOutcome, PartFlush, StoredState},
+    engine::{Mode, PartitionEngine},
+    flush::to_result,
+    store::{self, FlushOutcome, PartFlush},
 };
 
 const GROUP: &str = "g";
@@ -20,7 +21,7 @@ fn spec() -> WindowSpec {
 /// A flush of `engine` after applying `n` events at offsets `from..from + n`.
 fn flush(
     engine: &mut PartitionEngine,
-    epoch: i64,
+    (epoch, seen_seq): (i64, i64),
     base: Option<i64>,
     from: i64,
     n: i64,
@@ -29,40 +30,54 @@ fn flush(
     for i in from..from + n {
         engine.apply(pair, i * 1_000_000, 1.0 + i as f64);
     }
-    let emissions = engine.take_emissions(Mode::Update);
-    engine.take_new_seen();
-    let state = StoredState {
-        spec: spec(),
-        lateness_us: MIN,
-        snapshot: engine.snapshot(),
-    };
+    let results = engine
+        .take_emissions(Mode::Update)
+        .iter()
+        .map(to_result)
+        .collect();
     PartFlush {
         partition: 0,
         epoch,
         base_offset: base,
         next_offset: from + n,
-        state: serde_json::to_vec(&state).unwrap(),
-        results: Vec::new(),
-        emissions,
+        spec: spec(),
+        lateness_us: MIN,
+        snapshot: engine.snapshot(),
+        results,
         late: Vec::new(),
         dead: Vec::new(),
-        seen: None,
-        seen_seq: 0,
+        new_seen: engine.take_new_seen(),
+        seen_seq,
         seen_horizon: i64::MIN,
-        unpublished: b"[]".to_vec(),
+        unpublished: Vec::new(),
     }
 }
 
+fn offsets() -> OffsetStore {
+    OffsetStore::new(GROUP, TOPIC)
+}
+
 async fn restore(db: &TestDb) -> store::Restored {
-    store::restore(&db.pool, GROUP, TOPIC, 0, spec(), MIN)
+    store::restore(&db.pool, &offsets(), 0, spec(), MIN)
         .await
         .unwrap()
 }
 
 async fn write(db: &TestDb, f: &PartFlush) -> FlushOutcome {
-    store::write_flush(&db.pool, GROUP, TOPIC, "test", std::slice::from_ref(f))
+    store::write_flush(&db.pool, &offsets(), "test", std::slice::from_ref(f))
         .await
         .unwrap()
+}
+
+async fn stored_offset(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "SELECT next_offset FROM kafka_offsets WHERE consumer_group = ? AND topic = ?",
+    )
+    .bind(GROUP)
+    .bind(TOPIC)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -72,12 +87,18 @@ async fn a_former_owners_late_write_is_refused_not_the_new_owners() {
     // Instance A owns partition 0 and commits offsets 0..10.
     let mut a = restore(&db).await;
     assert_eq!(a.next_offset, None);
-    let first = flush(&mut a.engine, a.epoch, None, 0, 10);
+    let first = flush(&mut a.engine, (a.epoch, a.seen_seq), None, 0, 10);
     assert!(matches!(write(&db, &first).await, FlushOutcome::Committed));
 
     // A builds its next flush (offsets 10..20) but it is still in flight when a rebalance gives
     // the partition to instance B, which restores from what MySQL holds.
-    let a_late = flush(&mut a.engine, a.epoch, Some(10), 10, 10);
+    let a_late = flush(
+        &mut a.engine,
+        (a.epoch, first.written_seen_seq()),
+        Some(10),
+        10,
+        10,
+    );
     let mut b = restore(&db).await;
     assert!(b.epoch > a.epoch);
     assert_eq!(b.next_offset, Some(10));
@@ -87,30 +108,22 @@ async fn a_former_owners_late_write_is_refused_not_the_new_owners() {
         FlushOutcome::Fenced(ps) => assert_eq!(ps, vec![0]),
         FlushOutcome::Committed => panic!("the former owner's late write went through"),
     }
-    let (next,): (i64,) = sqlx::query_as("SELECT next_offset FROM aggregator_state")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(next, 10);
+    assert_eq!(stored_offset(&db).await, 10);
 
     // B re-reads 10..20 itself and writes: accepted.
-    let b_flush = flush(&mut b.engine, b.epoch, Some(10), 10, 10);
+    let b_flush = flush(&mut b.engine, (b.epoch, b.seen_seq), Some(10), 10, 10);
     assert!(matches!(
         write(&db, &b_flush).await,
         FlushOutcome::Committed
     ));
-    let (next,): (i64,) = sqlx::query_as("SELECT next_offset FROM aggregator_state")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(next, 20);
+    assert_eq!(stored_offset(&db).await, 20);
 }
 
 #[tokio::test]
 async fn a_restore_waits_for_a_flush_in_progress_and_sees_what_it_committed() {
     let db = TestDb::new().await;
     let mut a = restore(&db).await;
-    let f = flush(&mut a.engine, a.epoch, None, 0, 5);
+    let f = flush(&mut a.engine, (a.epoch, a.seen_seq), None, 0, 5);
     assert!(matches!(write(&db, &f).await, FlushOutcome::Committed));
     // A flush transaction of A in progress: owner row locked, offsets moved, not committed yet.
     let mut tx = db.pool.begin().await.unwrap();
@@ -118,13 +131,13 @@ async fn a_restore_waits_for_a_flush_in_progress_and_sees_what_it_committed() {
         .fetch_all(&mut *tx)
         .await
         .unwrap();
-    sqlx::query("UPDATE aggregator_state SET next_offset = 7")
+    sqlx::query("UPDATE kafka_offsets SET next_offset = 7")
         .execute(&mut *tx)
         .await
         .unwrap();
     let pool = db.pool.clone();
     let restoring = tokio::spawn(async move {
-        store::restore(&pool, GROUP, TOPIC, 0, spec(), MIN)
+        store::restore(&pool, &offsets(), 0, spec(), MIN)
             .await
             .unwrap()
     });

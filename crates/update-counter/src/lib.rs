@@ -6,16 +6,17 @@
 //! out-of-order deliveries are therefore harmless. Offsets, dead letters, reconnects and shutdown
 //! are `common::ingest`'s, shared with raw-consumer.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, fmt::Write as _};
 
 use clap::Parser;
 use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
-    ingest::{IngestArgs, IngestTarget, Meta, Sink},
+    ingest::{IngestArgs, Meta, Service, Sink, Statements},
+    model::push_sql_datetime,
     window::{WindowBounds, WindowResult},
     AssetId,
 };
-use sqlx::MySqlConnection;
+use tokio_util::sync::CancellationToken;
 
 /// Settings of the update counter.
 #[derive(Debug, Parser)]
@@ -88,11 +89,7 @@ impl Sink for CountSink {
         })
     }
 
-    async fn write(
-        &self,
-        conn: &mut MySqlConnection,
-        rows: &[&WindowCount],
-    ) -> Result<u64, sqlx::Error> {
+    fn statements(&self, rows: &[&WindowCount]) -> Statements {
         // Many emissions of one window in a batch become one row.
         let mut merged: HashMap<(AssetId, AssetId, WindowBounds), WindowCount> = HashMap::new();
         for r in rows {
@@ -102,44 +99,80 @@ impl Sink for CountSink {
                 .or_insert(**r);
         }
         let merged: Vec<WindowCount> = merged.into_values().collect();
-        let now = chrono::Utc::now().naive_utc();
-        for chunk in merged.chunks(1000) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
-            let sql = format!("{UPSERT}{values}{ON_DUPLICATE}");
-            let mut q = sqlx::query(&sql);
-            for c in chunk {
-                q = q
-                    .bind(c.window.start.naive_utc())
-                    .bind(c.window.end.naive_utc())
-                    .bind(c.base.as_str())
-                    .bind(c.quote.as_str())
-                    .bind(c.update_count as i64)
-                    .bind(c.is_final)
-                    .bind(now);
-            }
-            q.execute(&mut *conn).await?;
+        Statements {
+            sql: merged.chunks(1000).map(upsert_sql).collect(),
+            rows: merged.len() as u64,
         }
-        Ok(merged.len() as u64)
     }
 }
 
-/// Runs the update counter until it is asked to stop (or `--exit-idle`).
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let pool = common::prepare(
-        &settings.mysql,
-        Some((&settings.kafka, &[settings.topic.as_str()])),
-    )
-    .await?;
-    let target = IngestTarget {
-        service: "update-counter",
-        topic: settings.topic.clone(),
-        group: settings.group.clone(),
-        client: settings.kafka.consumer_config(&settings.group),
+/// The upsert of `counts` as text: asset ids are validated (letters, digits, `_`, `-`), times
+/// and numbers formatted here, so nothing needs escaping.
+fn upsert_sql(counts: &[WindowCount]) -> String {
+    let mut sql = String::with_capacity(UPSERT.len() + ON_DUPLICATE.len() + counts.len() * 110);
+    sql.push_str(UPSERT);
+    for (i, c) in counts.iter().enumerate() {
+        sql.push_str(if i == 0 { "(" } else { ",(" });
+        push_sql_datetime(&mut sql, c.window.start);
+        sql.push(',');
+        push_sql_datetime(&mut sql, c.window.end);
+        let _ = write!(
+            sql,
+            ",'{}','{}',{},{},UTC_TIMESTAMP(6))",
+            c.base,
+            c.quote,
+            c.update_count,
+            if c.is_final { "TRUE" } else { "FALSE" }
+        );
+    }
+    sql.push_str(ON_DUPLICATE);
+    sql
+}
+
+/// Runs the update counter until it is asked to stop (or drained, `--exit-idle`).
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let service = Service {
+        name: "update-counter",
+        topic: &settings.topic,
+        group: &settings.group,
+        kafka: &settings.kafka,
+        mysql: &settings.mysql,
     };
-    let shutdown = common::shutdown::on_signal();
-    let totals =
-        common::ingest::run(&CountSink, &pool, &target, &settings.ingest, shutdown).await?;
-    tracing::info!(?totals, "update-counter stopped");
-    pool.close().await;
-    Ok(())
+    common::ingest::serve(CountSink, service, &settings.ingest, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(start: &str, n: u64, is_final: bool) -> WindowCount {
+        let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        WindowCount {
+            base: "BTC".parse().unwrap(),
+            quote: "USD".parse().unwrap(),
+            window: WindowBounds {
+                start: t(start),
+                end: t(start) + chrono::Duration::minutes(1),
+            },
+            update_count: n,
+            is_final,
+        }
+    }
+
+    #[test]
+    fn emissions_of_one_window_merge_into_one_row() {
+        let a = count("2024-08-05T13:35:00Z", 3, false);
+        let b = count("2024-08-05T13:35:00Z", 5, true);
+        let c = count("2024-08-05T13:36:00.25Z", 1, false);
+        let s = CountSink.statements(&[&a, &b, &c]);
+        assert_eq!(s.rows, 2);
+        assert_eq!(s.sql.len(), 1);
+        let sql = &s.sql[0];
+        assert!(
+            sql.contains("('2024-08-05 13:35:00.000000','2024-08-05 13:36:00.000000','BTC','USD',5,TRUE,UTC_TIMESTAMP(6))"),
+            "{sql}"
+        );
+        assert!(sql.contains("'2024-08-05 13:36:00.250000'"), "{sql}");
+        assert!(sql.ends_with(ON_DUPLICATE));
+    }
 }

@@ -1,11 +1,16 @@
 //! update-counter on the real broker and MariaDB: one row per (pair, window) holding the largest
-//! count seen, whatever the order of emissions, through replays, poison messages and a SIGKILL.
+//! count seen, whatever the order of emissions, through replays, poison messages and a SIGKILL;
+//! SIGKILLed while holding its partitions and restarted at once, it drains within 60 s.
 
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use chrono::{DateTime, Utc};
 use common::{
-    testing::{service_command, TestDb, TestKafka},
+    testing::{
+        service_command,
+        services::{kill_when_ready_and_restart, log_dir, tail},
+        TestDb, TestKafka,
+    },
     window::{WindowBounds, WindowResult},
     AssetId,
 };
@@ -215,5 +220,43 @@ async fn sigkill_and_restart_gives_the_same_table() {
     child.kill().unwrap();
     child.wait().unwrap();
     finish(counter(&db, &kafka, &topic, &group, &["--exit-idle", "4s"]));
+    assert_same(&rows(&db).await, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_and_immediate_restart_drains_within_60_s() {
+    let (db, kafka) = (TestDb::new().await, TestKafka::new());
+    let topic = kafka.create_topic("agg", 3).await;
+    let pairs = [
+        ("BTC", "USD"),
+        ("ETH", "USD"),
+        ("SOL", "USD"),
+        ("BTC", "EUR"),
+    ];
+    let mut msgs = Vec::new();
+    let mut expected = BTreeMap::new();
+    for p in pairs {
+        for w in 0..1_000 {
+            for c in [3u64, 7, 9] {
+                let e = emission(p, w, c, c == 9);
+                msgs.push((format!("{}/{}", p.0, p.1), e.to_json().into_bytes()));
+            }
+            let e = emission(p, w, 9, true);
+            expected.insert((p.0.to_owned(), p.1.to_owned(), e.window.start), (9, true));
+        }
+    }
+    kafka.produce(&topic, &msgs).await;
+    let group = kafka.group("cnt");
+    let logs = log_dir("update-counter-restart");
+    let drill =
+        kill_when_ready_and_restart(|extra| counter(&db, &kafka, &topic, &group, extra), &logs)
+            .await;
+    assert!(
+        drill.status.success() && drill.took < Duration::from_secs(60),
+        "restarted update-counter: {:?} after {:?}\n{}",
+        drill.status,
+        drill.took,
+        tail(&drill.log, 40)
+    );
     assert_same(&rows(&db).await, &expected);
 }

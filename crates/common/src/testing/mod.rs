@@ -7,6 +7,12 @@
 //! - `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
 //!
 //! Set `COINSTREAM_TEST_KEEP=1` to keep a test's database after it, for debugging.
+//!
+//! [`services`] runs the service binaries as processes (logs, signals, waiting with a bound);
+//! [`broker`] starts a private broker for tests that restart it.
+
+pub mod broker;
+pub mod services;
 
 use std::{str::FromStr, time::Duration};
 
@@ -136,6 +142,18 @@ impl Drop for TestDb {
                     .connect()
                     .await
                 {
+                    // A test that failed may have left a transaction open (its locks would
+                    // make the DROP wait forever): end the database's sessions first.
+                    let ids: Vec<i64> = sqlx::query_scalar(
+                        "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                    )
+                    .bind(&name)
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_default();
+                    for id in ids {
+                        let _ = c.execute(format!("KILL {id}").as_str()).await;
+                    }
                     let _ = c
                         .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
                         .await;
@@ -170,8 +188,13 @@ pub struct TestKafka {
 
 impl TestKafka {
     pub fn new() -> Self {
+        Self::on(&test_bootstrap_servers())
+    }
+
+    /// Unique names on the broker at `bootstrap_servers` (a [`broker::PrivateBroker`]).
+    pub fn on(bootstrap_servers: &str) -> Self {
         TestKafka {
-            bootstrap_servers: test_bootstrap_servers(),
+            bootstrap_servers: bootstrap_servers.to_owned(),
             suffix: unique_suffix(),
         }
     }
@@ -275,14 +298,32 @@ impl TestKafka {
 impl TestKafka {
     /// Publishes `(key, payload)` messages in order and waits until every one is acknowledged.
     pub async fn produce(&self, topic: &str, messages: &[(String, Vec<u8>)]) {
+        self.produce_to(topic, None, messages).await;
+    }
+
+    /// Like [`TestKafka::produce`], but message `i` goes to partition `i % partitions` whatever
+    /// its key: every partition gets messages.
+    pub async fn produce_spread(
+        &self,
+        topic: &str,
+        partitions: i32,
+        messages: &[(String, Vec<u8>)],
+    ) {
+        self.produce_to(topic, Some(partitions), messages).await;
+    }
+
+    async fn produce_to(&self, topic: &str, spread: Option<i32>, messages: &[(String, Vec<u8>)]) {
         let producer: FutureProducer = crate::kafka::producer_config(&self.bootstrap_servers)
             .create()
             .expect("test producer");
         let mut pending = Vec::with_capacity(messages.len());
-        for (key, payload) in messages {
-            let record = FutureRecord::to(topic)
+        for (i, (key, payload)) in messages.iter().enumerate() {
+            let mut record = FutureRecord::to(topic)
                 .key(key.as_str())
                 .payload(payload.as_slice());
+            if let Some(n) = spread {
+                record = record.partition(i as i32 % n);
+            }
             let delivery = producer
                 .send_result(record)
                 .map_err(|(e, _)| e)

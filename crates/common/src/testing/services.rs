@@ -1,0 +1,182 @@
+//! Service binaries as processes in tests: where the binaries are, where their logs go, and
+//! signals and waits that never hang a test.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The service binaries a test may run.
+const SERVICES: [&str; 5] = [
+    "producer",
+    "raw-consumer",
+    "stream-aggregator",
+    "update-counter",
+    "compare",
+];
+
+/// Path of service binary `name` in this build's target directory (the test binary lives in
+/// `target/<profile>/deps`). Built when missing, e.g. when one package's tests run alone.
+pub fn service_binary(name: &str) -> PathBuf {
+    assert!(SERVICES.contains(&name), "unknown service {name}");
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--bins"]);
+        for s in SERVICES {
+            cmd.args(["-p", s]);
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "building the service binaries");
+    }
+    path
+}
+
+/// A directory for one test's service logs: `$COINSTREAM_TEST_LOG_DIR/<test>` when set (kept),
+/// else a fresh temporary directory.
+pub fn log_dir(test: &str) -> PathBuf {
+    let dir = match std::env::var("COINSTREAM_TEST_LOG_DIR") {
+        Ok(d) => PathBuf::from(d).join(test),
+        Err(_) => {
+            std::env::temp_dir().join(format!("coinstream-{test}-{}", super::unique_suffix()))
+        }
+    };
+    std::fs::create_dir_all(&dir).expect("creating the log directory");
+    dir
+}
+
+/// Appends to `dir/<name>.log`, for a service's stderr.
+pub fn log_to(dir: &Path, name: &str) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .map(Stdio::from)
+        .expect("opening a service log")
+}
+
+/// The last `lines` lines of a log, for failure messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Sends SIGTERM (a graceful stop) to a child.
+pub fn terminate(child: &Child) {
+    signal(child, "TERM");
+}
+
+/// Waits for a child at most `limit`; `None` if it is still running then.
+pub async fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `path` contains `needle`, at most `limit`; whether it did.
+pub async fn wait_for_log(path: &Path, needle: &str, limit: Duration) -> bool {
+    wait_for_log_matching(path, |text| text.contains(needle), limit).await
+}
+
+/// Waits until the text of `path` satisfies `matches`, at most `limit`; whether it did.
+pub async fn wait_for_log_matching(
+    path: &Path,
+    matches: impl Fn(&str) -> bool,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|t| matches(&t)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Whether a consumer's log says it holds at least one partition (its latest assignment).
+pub fn holds_partitions(log: &str) -> bool {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("partitions ready") || l.contains("partitions revoked"))
+        .is_some_and(|l| {
+            l.contains("partitions ready partitions=[") && !l.contains("partitions=[]")
+        })
+}
+
+/// Sends a signal (`STOP`, `CONT`, `TERM`, ...) to a child.
+pub fn signal(child: &Child, name: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status();
+}
+
+/// SIGKILLs a child and reaps it.
+pub fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// How a restarted consumer did in [`kill_when_ready_and_restart`].
+#[derive(Debug)]
+pub struct Drill {
+    pub status: ExitStatus,
+    /// From the restart to the exit.
+    pub took: Duration,
+    /// The restarted instance's log.
+    pub log: PathBuf,
+}
+
+/// The restart drill: starts a consumer (`make(extra args)`), SIGKILLs it as soon as it holds
+/// partitions (a dead member the group coordinator still counts), and starts it again at once
+/// with `--exit-idle 3s --max-wait 60s`. Returns when the restarted one exits (panics if it has
+/// not 75 s after the restart).
+pub async fn kill_when_ready_and_restart(make: impl Fn(&[&str]) -> Command, logs: &Path) -> Drill {
+    let first_log = logs.join("first.log");
+    let mut first = make(&[])
+        .stdout(Stdio::null())
+        .stderr(log_to(logs, "first"))
+        .spawn()
+        .expect("starting the consumer");
+    assert!(
+        wait_for_log(&first_log, "partitions ready", Duration::from_secs(60)).await,
+        "the first instance never held partitions:\n{}",
+        tail(&first_log, 30)
+    );
+    kill(&mut first);
+    let started = Instant::now();
+    let mut second = make(&["--exit-idle", "3s", "--max-wait", "60s"])
+        .stdout(Stdio::null())
+        .stderr(log_to(logs, "second"))
+        .spawn()
+        .expect("restarting the consumer");
+    let log = logs.join("second.log");
+    let Some(status) = wait_for(&mut second, Duration::from_secs(75)).await else {
+        kill(&mut second);
+        panic!(
+            "the restarted instance was still running 75 s after the restart:\n{}",
+            tail(&log, 40)
+        );
+    };
+    Drill {
+        status,
+        took: started.elapsed(),
+        log,
+    }
+}

@@ -1,0 +1,86 @@
+//! Partition ownership: what the aggregator keeps per partition it holds, restored from MySQL
+//! when the partition is assigned. The restore claims the partition (an ownership epoch that
+//! fences every earlier owner's writes, including one still in flight) and reads its offset,
+//! state, duplicate log and outbox in one transaction. A revoked partition is dropped: its state
+//! as of the last flush is in MySQL, and the new owner reads the rest again.
+
+use std::time::Instant;
+
+use common::{
+    backoff::Backoff, consumer::dead_letters::DeadLetter, consumer::offsets::OffsetStore,
+    window::WindowResult,
+};
+use sqlx::MySqlPool;
+
+use crate::{
+    engine::PartitionEngine,
+    store::{self, LateRow, Restored},
+    Config,
+};
+
+/// One held partition's engine and what it has not written yet.
+#[derive(Debug)]
+pub struct Part {
+    /// Ownership epoch claimed at restore; flushes are refused once another instance claims.
+    pub epoch: i64,
+    pub engine: PartitionEngine,
+    /// Next offset to apply; -1 until known (nothing stored, nothing read).
+    pub next_offset: i64,
+    /// The next offset MySQL holds (fencing); `None` before the first write.
+    pub stored_offset: Option<i64>,
+    pub seen_seq: i64,
+    pub last_event: Instant,
+    pub late: Vec<LateRow>,
+    pub dead: Vec<DeadLetter>,
+    /// `received_at` (µs) of events applied since the last flush, for the latency figures.
+    pub received: Vec<i64>,
+    /// Results not yet confirmed published.
+    pub unpublished: Vec<WindowResult>,
+    /// Applied something since the last flush.
+    pub changed: bool,
+}
+
+impl Part {
+    fn new(restored: Restored) -> Self {
+        Part {
+            epoch: restored.epoch,
+            engine: restored.engine,
+            next_offset: restored.next_offset.unwrap_or(-1),
+            stored_offset: restored.next_offset,
+            seen_seq: restored.seen_seq,
+            last_event: Instant::now(),
+            late: Vec::new(),
+            dead: Vec::new(),
+            received: Vec::new(),
+            unpublished: restored.unpublished,
+            changed: false,
+        }
+    }
+}
+
+/// Restores partition `p`. A database error is retried with backoff; anything else (another
+/// window spec, corrupt state) stops the service. Returns the part and its retries.
+pub async fn restore(
+    pool: &MySqlPool,
+    offsets: &OffsetStore,
+    config: &Config,
+    p: i32,
+) -> anyhow::Result<(Part, u64)> {
+    let mut backoff = Backoff::database();
+    let mut retries = 0;
+    loop {
+        match store::restore(pool, offsets, p, config.spec, config.lateness_us).await {
+            Err(e) if e.downcast_ref::<sqlx::Error>().is_some() => {
+                retries += 1;
+                let delay = backoff.next_delay();
+                tracing::warn!(partition = p, error = %e, retry_in = ?delay, "restoring partition state failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(e),
+            Ok(restored) => {
+                tracing::info!(partition = p, next_offset = ?restored.next_offset, open_windows = restored.engine.open_windows(), unpublished = restored.unpublished.len(), "partition state restored");
+                return Ok((Part::new(restored), retries));
+            }
+        }
+    }
+}
