@@ -34,6 +34,10 @@ for name in sorted(apps):
         cond = (deps.get(needed) or {}).get("condition") if isinstance(deps, dict) else None
         if cond != "service_healthy":
             problems.append(f"service {name} does not wait for {needed} to be healthy")
+    if name in ("raw-consumer", "stream-aggregator", "update-counter"):
+        env = svc.get("environment") or {}
+        if "{hostname}" not in str(env.get("KAFKA_GROUP_INSTANCE_ID", "")):
+            problems.append(f"service {name} has no per-container KAFKA_GROUP_INSTANCE_ID")
     build = svc.get("build") or {}
     if not svc.get("image") and not build:
         problems.append(f"service {name} has neither build nor image")

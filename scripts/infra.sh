@@ -179,9 +179,10 @@ MYSQL_PASSWORD=$APP_PASSWORD
 MYSQL_DATABASE=$APP_DB
 COINSTREAM_TEST_MYSQL_URL=mysql://$TEST_USER:$TEST_PASSWORD@$DB_HOST:$DB_PORT
 ENV
-  # Tests that restart the broker start a private one: {addr} and {dir} are filled in by the test.
+  # Tests that restart the broker start a private one, in a data directory of its own (the
+  # working directory); {addr} is filled in by the test.
   if [ -x "$TANSU" ]; then
-    echo "COINSTREAM_TEST_BROKER_CMD='$TANSU broker --listener-url tcp://{addr} --advertised-listener-url tcp://{addr} --storage-engine sqlite://{dir}/broker.db'"
+    echo "COINSTREAM_TEST_BROKER_CMD='$TANSU broker --listener-url tcp://{addr} --advertised-listener-url tcp://{addr} --storage-engine sqlite://broker.db'"
   fi
 }
 

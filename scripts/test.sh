@@ -32,6 +32,8 @@ python3 scripts/check_compose.py docker-compose.yml
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+step "no function in crates/*/src longer than 80 lines (clippy::too_many_lines, clippy.toml)"
+cargo clippy --workspace --lib --bins --locked -- -D warnings -D clippy::too_many_lines
 
 step "cargo test"
 cargo test --workspace --locked --no-fail-fast

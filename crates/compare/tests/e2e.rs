@@ -5,13 +5,13 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
 use common::testing::{
     service_command,
-    services::{log_dir, log_to, service_binary},
+    services::{log_dir, log_to, pipeline_command},
     TestDb, TestKafka,
 };
 
@@ -25,31 +25,11 @@ struct Pipeline<'a> {
 
 impl Pipeline<'_> {
     fn cmd(&self, name: &str) -> Command {
-        let mut c = service_command(
-            service_binary(name).to_str().unwrap(),
-            self.db,
-            &self.kafka.bootstrap_servers,
-        );
-        c.env("RAW_TOPIC", &self.raw)
-            .env("AGG_TOPIC", &self.agg)
-            .env("AGGREGATOR_GROUP", self.kafka.group("agg"))
-            .env("RAW_CONSUMER_GROUP", self.kafka.group("raw"))
-            .env("UPDATE_COUNTER_GROUP", self.kafka.group("cnt"))
-            .env("KAFKA_SESSION_TIMEOUT", "6s")
-            .stdout(Stdio::null())
-            .stderr(log_to(&self.logs, name));
+        let mut c = pipeline_command(name, self.db, self.kafka, (&self.raw, &self.agg));
+        c.stderr(log_to(&self.logs, name));
         match name {
             "stream-aggregator" => {
-                c.args([
-                    "--window",
-                    "10s",
-                    "--watermark",
-                    "5s",
-                    "--idle-timeout",
-                    "3s",
-                    "--flush-interval",
-                    "100ms",
-                ]);
+                c.args(["--flush-interval", "100ms"]);
             }
             "producer" => {
                 c.args([

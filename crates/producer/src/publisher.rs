@@ -1,10 +1,12 @@
 //! Publishing rate updates to Kafka with every delivery result checked.
 //!
 //! A [`ThreadedProducer`] (idempotent, `acks=all`) sends in the background; its delivery callback
-//! counts successes and keeps failed messages. [`Publisher::check`] re-sends a failed message once
-//! (librdkafka has already retried it internally until `message.timeout.ms`); a message that fails
-//! again makes the producer stop with an error. Nothing is dropped silently. Downstream consumers
-//! deduplicate on (pair, time), so a re-send that the broker had in fact stored is harmless.
+//! counts successes and keeps failed messages. [`Publisher::check`] re-sends failed messages
+//! every half second (librdkafka retries transient errors itself, but not every error a broker
+//! returns while it restarts) for up to [`RESEND_WINDOW`] after their first failure; a message
+//! still failing then makes the producer stop with an error. Nothing is dropped silently.
+//! Downstream consumers deduplicate on (pair, time), so a re-send that the broker had in fact
+//! stored is harmless.
 
 use std::{
     sync::{
@@ -27,20 +29,30 @@ use rdkafka::{
 pub enum PublishError {
     #[error("creating the Kafka producer: {0}")]
     Create(#[source] KafkaError),
-    #[error("message for key {key} not delivered after a retry: {error}")]
-    Undelivered { key: String, error: String },
+    #[error("message for key {key} not delivered within {window:?} of re-sends: {error}")]
+    Undelivered {
+        key: String,
+        error: String,
+        window: Duration,
+    },
     #[error("enqueueing a message: {0}")]
     Enqueue(#[source] KafkaError),
     #[error("{0} message(s) still undelivered at shutdown after {1:?}")]
     FlushTimeout(u64, Duration),
 }
 
-/// A message whose delivery failed, kept for one re-send.
+/// How long a failed message is re-sent before the producer gives up (and stops).
+pub const RESEND_WINDOW: Duration = Duration::from_secs(60);
+/// Pause between re-sends of a failed message.
+const RESEND_DELAY: Duration = Duration::from_millis(500);
+
+/// A message whose delivery failed, kept to be sent again.
 #[derive(Debug)]
 struct Failed {
     key: Vec<u8>,
     payload: Vec<u8>,
-    attempt: usize,
+    first_failed: Instant,
+    retry_at: Instant,
     error: String,
 }
 
@@ -53,6 +65,33 @@ pub struct DeliveryStats {
     has_failed: AtomicU64,
     /// Whether the idempotent producer has its producer id (seen in librdkafka's statistics).
     pid_assigned: AtomicBool,
+    /// The time re-send opaques count from.
+    epoch: Option<Instant>,
+}
+
+impl DeliveryStats {
+    fn new() -> Self {
+        DeliveryStats {
+            epoch: Some(Instant::now()),
+            ..DeliveryStats::default()
+        }
+    }
+
+    /// The opaque of a message: 0 for a first send, else when it first failed (ms since the
+    /// epoch, plus one).
+    fn opaque(&self, first_failed: Option<Instant>) -> usize {
+        let epoch = self.epoch.unwrap_or_else(Instant::now);
+        first_failed.map_or(0, |t| {
+            t.saturating_duration_since(epoch).as_millis() as usize + 1
+        })
+    }
+
+    fn first_failed(&self, opaque: usize, now: Instant) -> Instant {
+        match (opaque, self.epoch) {
+            (0, _) | (_, None) => now,
+            (ms, Some(epoch)) => epoch + Duration::from_millis(ms as u64 - 1),
+        }
+    }
 }
 
 /// The producer context: records each delivery result.
@@ -70,22 +109,24 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    /// The attempt number of the message (0 = first send).
+    /// When the message first failed (see [`DeliveryStats::opaque`]).
     type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, attempt: usize) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
         match result {
             Ok(_) => {
                 self.0.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, msg)) => {
+                let now = Instant::now();
                 let failed = Failed {
                     key: msg.key().unwrap_or_default().to_vec(),
                     payload: msg.payload().unwrap_or_default().to_vec(),
-                    attempt,
+                    first_failed: self.0.first_failed(opaque, now),
+                    retry_at: now + RESEND_DELAY,
                     error: e.to_string(),
                 };
-                tracing::warn!(key = %String::from_utf8_lossy(&failed.key), error = %e, attempt, "delivery failed");
+                tracing::warn!(key = %String::from_utf8_lossy(&failed.key), error = %e, failing_for = ?now - failed.first_failed, "delivery failed; sending again");
                 self.0
                     .failed
                     .lock()
@@ -130,7 +171,7 @@ impl Publisher {
     /// producer id, so the first updates are not held (and timed) while the client starts: librdkafka
     /// asks for the id only 500 ms after it starts and holds every message until it has one.
     pub fn with_config(config: &ClientConfig, topic: &str) -> Result<Self, PublishError> {
-        let stats = Arc::new(DeliveryStats::default());
+        let stats = Arc::new(DeliveryStats::new());
         let mut config = config.clone();
         // The producer id is visible only in the statistics; every 100 ms they cost nothing. A
         // statistics interval set by hand is kept (and waited on only if it is short).
@@ -188,8 +229,8 @@ impl Publisher {
         Ok(())
     }
 
-    fn enqueue(&self, key: &[u8], value: &[u8], attempt: usize) -> Result<(), PublishError> {
-        let mut record = BaseRecord::with_opaque_to(&self.topic, attempt)
+    fn enqueue(&self, key: &[u8], value: &[u8], opaque: usize) -> Result<(), PublishError> {
+        let mut record = BaseRecord::with_opaque_to(&self.topic, opaque)
             .key(key)
             .payload(value);
         loop {
@@ -205,31 +246,40 @@ impl Publisher {
         }
     }
 
-    /// Re-sends failed messages once; errors if a re-sent message failed again. Cheap when
-    /// nothing failed (one atomic load): call it often.
+    /// Re-sends failed messages whose pause is over; errors for a message that has failed for
+    /// longer than [`RESEND_WINDOW`]. Cheap when nothing failed (one atomic load): call it often.
     pub fn check(&self) -> Result<(), PublishError> {
         if self.stats.has_failed.load(Ordering::Acquire) == 0 {
             return Ok(());
         }
-        let failed = {
+        let now = Instant::now();
+        let due: Vec<Failed> = {
             let mut guard = self.stats.failed.lock().unwrap_or_else(|p| p.into_inner());
-            self.stats.has_failed.store(0, Ordering::Release);
-            std::mem::take(&mut *guard)
+            let (due, waiting) = std::mem::take(&mut *guard)
+                .into_iter()
+                .partition(|f| f.retry_at <= now);
+            *guard = waiting;
+            self.stats
+                .has_failed
+                .store(u64::from(!guard.is_empty()), Ordering::Release);
+            due
         };
-        for f in failed {
-            if f.attempt >= 1 {
+        for f in due {
+            if now - f.first_failed > RESEND_WINDOW {
                 return Err(PublishError::Undelivered {
                     key: String::from_utf8_lossy(&f.key).into_owned(),
                     error: f.error,
+                    window: RESEND_WINDOW,
                 });
             }
             self.stats.retried.fetch_add(1, Ordering::Relaxed);
-            self.enqueue(&f.key, &f.payload, f.attempt + 1)?;
+            let opaque = self.stats.opaque(Some(f.first_failed));
+            self.enqueue(&f.key, &f.payload, opaque)?;
         }
         Ok(())
     }
 
-    /// Waits until every enqueued message is delivered (re-sending failures once).
+    /// Waits until every enqueued message is delivered (re-sending failures).
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         let deadline = Instant::now() + timeout;
         loop {

@@ -193,24 +193,10 @@ async fn killed_database_connections_lose_nothing() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // A connection of our own, outside the test database, to kill the service's connections.
-    use sqlx::{ConnectOptions, Executor};
-    let mut admin = db.connect_options().database("").connect().await.unwrap();
     let mut kills = 0;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
-        )
-        .bind(&db.name)
-        .fetch_all(&mut admin)
-        .await
-        .unwrap();
-        for id in ids {
-            if admin.execute(format!("KILL {id}").as_str()).await.is_ok() {
-                kills += 1;
-            }
-        }
+        kills += db.kill_sessions().await;
         if child.try_wait().unwrap().is_some() {
             break;
         }

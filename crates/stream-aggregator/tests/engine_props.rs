@@ -59,9 +59,11 @@ struct Expected {
     last_rate: f64,
 }
 
-fn check(spec: WindowSpec, lateness: i64, events: &[Ev]) -> Result<(), TestCaseError> {
-    let pairs: Vec<Pair> = PAIRS.iter().map(|p| p.parse().unwrap()).collect();
-    // Naive model: watermark recomputed from scratch, windows as explicit member lists.
+type Windows = BTreeMap<(usize, i64), Expected>;
+
+/// The naive model: watermark recomputed from scratch, windows as explicit member lists. Returns
+/// the final windows and the indices of the late events.
+fn naive(spec: WindowSpec, lateness: i64, events: &[Ev]) -> (Windows, Vec<usize>) {
     let mut max_event: Option<i64> = None;
     let mut seen = HashSet::new();
     let mut members: BTreeMap<(usize, i64), Vec<(i64, f64)>> = BTreeMap::new();
@@ -108,7 +110,12 @@ fn check(spec: WindowSpec, lateness: i64, events: &[Ev]) -> Result<(), TestCaseE
             (k, e)
         })
         .collect();
+    (expected, late_expected)
+}
 
+fn check(spec: WindowSpec, lateness: i64, events: &[Ev]) -> Result<(), TestCaseError> {
+    let pairs: Vec<Pair> = PAIRS.iter().map(|p| p.parse().unwrap()).collect();
+    let (expected, late_expected) = naive(spec, lateness, events);
     for mode in [Mode::Update, Mode::Append] {
         let mut engine = PartitionEngine::new(spec, lateness);
         let mut late_got = Vec::new();

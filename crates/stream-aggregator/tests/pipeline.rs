@@ -13,7 +13,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use common::{
     testing::{
-        service_command,
+        consumer_command,
         services::{kill_when_ready_and_restart, log_dir, tail},
         TestDb, TestKafka,
     },
@@ -55,32 +55,27 @@ fn stream() -> Vec<RateUpdate> {
     events.into_iter().map(|(_, u)| u).take(50_000).collect()
 }
 
+fn messages(events: &[RateUpdate]) -> Vec<(String, Vec<u8>)> {
+    events
+        .iter()
+        .map(|u| (u.key(), u.to_json().into_bytes()))
+        .collect()
+}
+
 fn aggregator(db: &TestDb, kafka: &TestKafka, topic: &str, group: &str, args: &[&str]) -> Command {
-    let mut cmd = service_command(
-        env!("CARGO_BIN_EXE_stream-aggregator"),
-        db,
-        &kafka.bootstrap_servers,
-    );
-    cmd.args([
-        "--topic",
-        topic,
-        "--output-topic",
-        &format!("{topic}-out"),
-        "--group",
-        group,
-    ])
-    .args([
-        "--window",
-        "10s",
-        "--watermark",
-        "5s",
-        "--idle-timeout",
-        "3s",
-        "--flush-interval",
-        "100ms",
-    ])
-    .args(["--session-timeout", "6s"])
-    .args(args);
+    let bin = env!("CARGO_BIN_EXE_stream-aggregator");
+    let mut cmd = consumer_command(bin, db, kafka, topic, group);
+    cmd.args(["--output-topic", &format!("{topic}-out")])
+        .args([
+            "--window",
+            "10s",
+            "--watermark",
+            "5s",
+            "--idle-timeout",
+            "3s",
+        ])
+        .args(["--flush-interval", "100ms"])
+        .args(args);
     cmd
 }
 
@@ -208,11 +203,7 @@ async fn killed_and_restarted_equals_uninterrupted_and_batch() {
     let kafka = TestKafka::new();
     let topic = kafka.create_topic("raw", 3).await;
     let events = stream();
-    let msgs: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|u| (u.key(), u.to_json().into_bytes()))
-        .collect();
-    kafka.produce(&topic, &msgs).await;
+    kafka.produce(&topic, &messages(&events)).await;
 
     // Uninterrupted run.
     let clean = TestDb::new().await;
@@ -334,12 +325,7 @@ async fn killed_and_restarted_equals_uninterrupted_and_batch() {
 async fn sigkill_and_immediate_restart_drains_within_60_s() {
     let (db, kafka) = (TestDb::new().await, TestKafka::new());
     let topic = kafka.create_topic("raw", 3).await;
-    let events = stream();
-    let msgs: Vec<(String, Vec<u8>)> = events
-        .iter()
-        .map(|u| (u.key(), u.to_json().into_bytes()))
-        .collect();
-    kafka.produce(&topic, &msgs).await;
+    kafka.produce(&topic, &messages(&stream())).await;
     let group = kafka.group("agg");
     let logs = log_dir("stream-aggregator-restart");
     let drill = kill_when_ready_and_restart(

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 use chrono::{DateTime, Utc};
 use common::{
     testing::{
-        service_command,
+        consumer_command,
         services::{kill_when_ready_and_restart, log_dir, tail},
         TestDb, TestKafka,
     },
@@ -38,20 +38,9 @@ fn emission(pair: (&str, &str), window: i64, count: u64, is_final: bool) -> Wind
 }
 
 fn counter(db: &TestDb, kafka: &TestKafka, topic: &str, group: &str, args: &[&str]) -> Command {
-    let mut cmd = service_command(
-        env!("CARGO_BIN_EXE_update-counter"),
-        db,
-        &kafka.bootstrap_servers,
-    );
-    cmd.args([
-        "--topic",
-        topic,
-        "--group",
-        group,
-        "--session-timeout",
-        "6s",
-    ])
-    .args(args);
+    let bin = env!("CARGO_BIN_EXE_update-counter");
+    let mut cmd = consumer_command(bin, db, kafka, topic, group);
+    cmd.args(args);
     cmd
 }
 

@@ -78,6 +78,7 @@ pub async fn run<P: Processor>(
         was_reading: true,
         resumed_at: now,
         probe_failing: false,
+        assigned_at: None,
     };
     let outcome = rt.run(&consumer, shutdown).await;
     rt.processor.report(&rt.recorder, &rt.figures).await;
@@ -149,6 +150,8 @@ struct Runtime<'a, P: Processor> {
     /// When reading resumed after a pause of ours (a due write waiting for the one in flight).
     resumed_at: Instant,
     probe_failing: bool,
+    /// When partitions were last assigned, until the first write after it commits.
+    assigned_at: Option<Instant>,
 }
 
 /// Awaits the task in `slot` and empties it.
@@ -415,6 +418,7 @@ impl<P: Processor> Runtime<'_, P> {
     /// Takes partitions: finishes the write in flight (it may hold their newest state), reads
     /// their stored offsets, checks them against the log, lets the processor prepare them.
     async fn assign(&mut self, consumer: &GroupConsumer, ps: Vec<i32>) -> anyhow::Result<()> {
+        let received = Instant::now();
         self.finish_write(consumer, false).await?;
         let stored = self.load_stored().await;
         let mut offsets: BTreeMap<i32, Option<i64>> =
@@ -435,6 +439,7 @@ impl<P: Processor> Runtime<'_, P> {
             });
         }
         self.figures.partitions_held = self.held().count();
+        self.assigned_at = (!ps.is_empty()).then_some(received);
         tracing::info!(partitions = ?ps, stored_offsets = ?offsets, "partitions ready");
         Ok(())
     }
@@ -538,6 +543,9 @@ impl<P: Processor> Runtime<'_, P> {
     ) -> anyhow::Result<()> {
         let offsets = self.processor.write_done(written).await?;
         self.figures.writes += 1;
+        if let Some(at) = self.assigned_at.take() {
+            tracing::info!(since_assignment = ?at.elapsed(), "first write after the assignment committed");
+        }
         if let Some(first) = self.first_message {
             self.figures.active_seconds = first.elapsed().as_secs_f64();
         }

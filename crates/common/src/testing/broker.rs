@@ -1,8 +1,8 @@
 //! A private broker for tests that restart the broker (the shared one serves every other test).
 //!
 //! The command comes from `COINSTREAM_TEST_BROKER_CMD` (printed by `scripts/infra.sh env`), a
-//! template with `{addr}` (the host:port to listen on and advertise) and `{dir}` (an empty
-//! directory for its data). Nothing here knows which broker it is.
+//! template with `{addr}` (the host:port to listen on and advertise); it runs in an empty
+//! directory of its own, for its data. Nothing here knows which broker it is.
 
 use std::{
     net::TcpListener,
@@ -36,9 +36,7 @@ impl PrivateBroker {
         let dir =
             std::env::temp_dir().join(format!("coinstream-broker-{}", super::unique_suffix()));
         std::fs::create_dir_all(&dir).expect("broker data directory");
-        let command = template
-            .replace("{addr}", &addr)
-            .replace("{dir}", dir.to_str().expect("UTF-8 temp dir"));
+        let command = template.replace("{addr}", &addr);
         let mut broker = PrivateBroker {
             bootstrap_servers: addr,
             command,
@@ -58,7 +56,8 @@ impl PrivateBroker {
         let child = Command::new("sh")
             .args(["-c", &format!("exec {}", self.command)])
             .current_dir(&self.dir)
-            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("broker log"))
             .stderr(log)
             .spawn()
             .expect("starting the private broker");

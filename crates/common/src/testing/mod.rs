@@ -118,6 +118,38 @@ impl TestDb {
     pub fn database_url(&self) -> String {
         format!("{}/{}", self.server_url.trim_end_matches('/'), self.name)
     }
+
+    /// Kills every session on this database, as a failover would (the kit's own pool reconnects);
+    /// returns how many.
+    pub async fn kill_sessions(&self) -> usize {
+        let mut admin = self
+            .connect_options()
+            .database("")
+            .connect()
+            .await
+            .expect("an admin connection");
+        let killed = kill_sessions_on(&mut admin, &self.name).await;
+        let _ = admin.close().await;
+        killed
+    }
+}
+
+/// Kills the sessions on database `name` but `conn`'s own; returns how many.
+async fn kill_sessions_on(conn: &mut sqlx::MySqlConnection, name: &str) -> usize {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+    )
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap_or_default();
+    let mut killed = 0;
+    for id in ids {
+        if conn.execute(format!("KILL {id}").as_str()).await.is_ok() {
+            killed += 1;
+        }
+    }
+    killed
 }
 
 impl Drop for TestDb {
@@ -144,16 +176,7 @@ impl Drop for TestDb {
                 {
                     // A test that failed may have left a transaction open (its locks would
                     // make the DROP wait forever): end the database's sessions first.
-                    let ids: Vec<i64> = sqlx::query_scalar(
-                        "SELECT CAST(id AS SIGNED) FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
-                    )
-                    .bind(&name)
-                    .fetch_all(&mut c)
-                    .await
-                    .unwrap_or_default();
-                    for id in ids {
-                        let _ = c.execute(format!("KILL {id}").as_str()).await;
-                    }
+                    kill_sessions_on(&mut c, &name).await;
                     let _ = c
                         .execute(format!("DROP DATABASE IF EXISTS `{name}`").as_str())
                         .await;
@@ -163,6 +186,27 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// A consumer (`bin`) of `topic` in `group`, with a session timeout of 6 s (a dead member's
+/// partitions move soon).
+pub fn consumer_command(
+    bin: &str,
+    db: &TestDb,
+    kafka: &TestKafka,
+    topic: &str,
+    group: &str,
+) -> std::process::Command {
+    let mut cmd = service_command(bin, db, &kafka.bootstrap_servers);
+    cmd.args([
+        "--topic",
+        topic,
+        "--group",
+        group,
+        "--session-timeout",
+        "6s",
+    ]);
+    cmd
 }
 
 /// A command running service binary `bin` against the test database and broker.

@@ -180,3 +180,38 @@ pub async fn kill_when_ready_and_restart(make: impl Fn(&[&str]) -> Command, logs
         log,
     }
 }
+
+/// Service `service` of a whole pipeline on topics `raw` and `agg`, with groups `agg`, `raw`
+/// and `cnt` of `kafka`, 6 s sessions, and (for the aggregator) 10 s windows, a 5 s watermark
+/// and a 3 s idle timeout. Its stdout is discarded.
+pub fn pipeline_command(
+    service: &str,
+    db: &super::TestDb,
+    kafka: &super::TestKafka,
+    (raw, agg): (&str, &str),
+) -> Command {
+    let bin = service_binary(service);
+    let mut c = super::service_command(
+        bin.to_str().expect("UTF-8 path"),
+        db,
+        &kafka.bootstrap_servers,
+    );
+    c.env("RAW_TOPIC", raw)
+        .env("AGG_TOPIC", agg)
+        .env("AGGREGATOR_GROUP", kafka.group("agg"))
+        .env("RAW_CONSUMER_GROUP", kafka.group("raw"))
+        .env("UPDATE_COUNTER_GROUP", kafka.group("cnt"))
+        .env("KAFKA_SESSION_TIMEOUT", "6s")
+        .stdout(Stdio::null());
+    if service == "stream-aggregator" {
+        c.args([
+            "--window",
+            "10s",
+            "--watermark",
+            "5s",
+            "--idle-timeout",
+            "3s",
+        ]);
+    }
+    c
+}

@@ -9,7 +9,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use common::{
-    testing::{service_command, TestDb, TestKafka},
+    testing::{consumer_command, TestDb, TestKafka},
     Pair, RateUpdate,
 };
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -77,20 +77,8 @@ pub fn consumer(
     group: &str,
     args: &[&str],
 ) -> Command {
-    let mut cmd = service_command(
-        env!("CARGO_BIN_EXE_raw-consumer"),
-        db,
-        &kafka.bootstrap_servers,
-    );
-    cmd.args([
-        "--topic",
-        topic,
-        "--group",
-        group,
-        "--session-timeout",
-        "6s",
-    ])
-    .args(args);
+    let mut cmd = consumer_command(env!("CARGO_BIN_EXE_raw-consumer"), db, kafka, topic, group);
+    cmd.args(args);
     cmd
 }
 
