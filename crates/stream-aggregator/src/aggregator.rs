@@ -42,7 +42,6 @@ pub struct Aggregator {
     pub(crate) next_flush: Instant,
     /// Latency samples (`received_at`, µs) of the flush in flight, per partition.
     pub(crate) received: Vec<(i32, Vec<i64>)>,
-    pub(crate) flush_started: Option<Instant>,
 }
 
 impl Aggregator {
@@ -62,7 +61,6 @@ impl Aggregator {
             stats: Stats::new()?,
             pending: 0,
             received: Vec::new(),
-            flush_started: None,
         })
     }
 

@@ -8,7 +8,7 @@
 //! with the wall clock, so its windows close. A partition that is only behind (a backlog being
 //! read) is never advanced: its next messages would all be late.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{
@@ -33,6 +33,8 @@ pub struct Written {
     fenced: Vec<i32>,
     committed_at_us: i64,
     retries: u64,
+    /// From the start of the write to its commit (retries included).
+    took: Duration,
 }
 
 impl Aggregator {
@@ -58,8 +60,7 @@ impl Aggregator {
             return None;
         }
         let (pool, offsets) = (self.pool.clone(), self.offsets.clone());
-        self.flush_started = Some(Instant::now());
-        Some(Box::pin(write_until_committed(pool, offsets, flushes)))
+        Some(write_until_committed(pool, offsets, flushes))
     }
 
     /// Records a committed flush: drops fenced partitions, takes latency samples, publishes the
@@ -67,6 +68,9 @@ impl Aggregator {
     pub(crate) async fn flush_done(&mut self, written: Written) -> Vec<(i32, i64)> {
         let received = std::mem::take(&mut self.received);
         self.stats.figures.db_retries += written.retries;
+        if written.took > self.config.flush_interval.max(Duration::from_millis(100)) {
+            tracing::warn!(took = ?written.took, partitions = written.committed.len(), "slow flush: the write took longer than the flush interval");
+        }
         if !written.fenced.is_empty() {
             tracing::warn!(partitions = ?written.fenced, "another instance claimed these partitions: dropping their state (nothing of it was written)");
             for p in &written.fenced {
@@ -87,23 +91,16 @@ impl Aggregator {
             };
             part.stored_offset = Some(f.next_offset);
             part.seen_seq = f.written_seen_seq();
-            // Everything unpublished when the flush was built is in its outbox (`f.unpublished`).
-            part.unpublished
-                .drain(..f.unpublished.len() - f.results.len());
-            to_publish.extend(f.unpublished.into_iter().map(|r| (f.partition, r)));
+            // Earlier failures, then this flush's results: all in the outbox just committed.
+            let p = f.partition;
+            to_publish.extend(
+                std::mem::take(&mut part.unpublished)
+                    .into_iter()
+                    .map(|r| (p, r)),
+            );
+            to_publish.extend(f.results.into_iter().map(|r| (p, r)));
         }
         self.publish(to_publish).await;
-        if let Some(started) = self.flush_started.take() {
-            let took = started.elapsed();
-            if took
-                > self
-                    .config
-                    .flush_interval
-                    .max(std::time::Duration::from_millis(100))
-            {
-                tracing::warn!(took = ?took, "slow flush (write, commit and publish)");
-            }
-        }
         offsets
     }
 
@@ -146,7 +143,8 @@ fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<PartFlush> {
     }
     part.changed = false;
     let results: Vec<WindowResult> = emissions.iter().map(to_result).collect();
-    part.unpublished.extend(results.iter().cloned());
+    let mut outbox = part.unpublished.clone();
+    outbox.extend(results.iter().cloned());
     Some(PartFlush {
         partition: p,
         epoch: part.epoch,
@@ -161,7 +159,7 @@ fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<PartFlush> {
         new_seen: part.engine.take_new_seen(),
         seen_seq: part.seen_seq,
         seen_horizon: part.engine.seen_horizon(),
-        unpublished: part.unpublished.clone(),
+        unpublished: outbox,
     })
 }
 
@@ -173,6 +171,7 @@ fn write_until_committed(
     mut flushes: Vec<PartFlush>,
 ) -> WriteTask<Written> {
     Box::pin(async move {
+        let started = Instant::now();
         let mut backoff = Backoff::database();
         let mut fenced = Vec::new();
         let mut retries = 0;
@@ -197,6 +196,7 @@ fn write_until_committed(
             fenced,
             committed_at_us: Utc::now().timestamp_micros(),
             retries,
+            took: started.elapsed(),
         })
     })
 }

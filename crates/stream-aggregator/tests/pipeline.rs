@@ -221,6 +221,15 @@ async fn killed_and_restarted_equals_uninterrupted_and_batch() {
         .unwrap();
     assert!(late >= 300, "late events recorded: {late}");
     assert_matches_batch(&reference, &batch(&kafka, &topic, &clean).await);
+    // An uninterrupted run publishes each emission once (the outbox is not published again).
+    let published = kafka.read_all(&format!("{topic}-out")).await;
+    let distinct: HashSet<&Option<Vec<u8>>> = published.iter().map(|r| &r.payload).collect();
+    assert!(!published.is_empty());
+    assert_eq!(
+        distinct.len(),
+        published.len(),
+        "an emission was published twice"
+    );
 
     // Killed at random moments, restarted each time.
     let killed = TestDb::new().await;

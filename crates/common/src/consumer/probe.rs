@@ -12,13 +12,12 @@ use std::{
 };
 
 use rdkafka::{
-    consumer::{BaseConsumer, Consumer},
+    consumer::{Consumer, StreamConsumer},
     error::KafkaError,
-    ClientConfig,
 };
 use sqlx::MySqlPool;
 
-use super::offsets::OffsetStore;
+use super::{context::GroupEvents, offsets::OffsetStore};
 use crate::exit::Behind;
 
 /// How long one broker request of a probe may take.
@@ -106,11 +105,12 @@ impl Probe {
     }
 }
 
-/// Reads a topic's partitions and watermarks with a client of its own, on a blocking thread (the
-/// calls wait for the broker), so the consume loop never waits for them.
+/// Reads a topic's partitions and watermarks through the consumer's client (librdkafka's calls
+/// are thread-safe), on a blocking thread (they wait for the broker), so the consume loop never
+/// waits for them.
 #[derive(Clone)]
 pub struct Broker {
-    client: Arc<BaseConsumer>,
+    client: Arc<StreamConsumer<GroupEvents>>,
     topic: Arc<str>,
 }
 
@@ -123,16 +123,11 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// A client with the consumer's connection settings (brokers, security), outside its group.
-    pub fn new(consumer_config: &ClientConfig, topic: &str) -> Result<Self, KafkaError> {
-        let mut config = consumer_config.clone();
-        for key in ["group.id", "group.instance.id"] {
-            config.remove(key);
-        }
-        Ok(Broker {
-            client: Arc::new(config.create()?),
+    pub fn new(client: Arc<StreamConsumer<GroupEvents>>, topic: &str) -> Self {
+        Broker {
+            client,
             topic: topic.into(),
-        })
+        }
     }
 
     /// `(low, high)` watermarks of `partitions`, or of every partition of the topic.

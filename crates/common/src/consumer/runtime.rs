@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -51,7 +52,8 @@ pub async fn run<P: Processor>(
     args: &ConsumerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ConsumerFigures> {
-    let consumer: GroupConsumer = target.client.create_with_context(GroupEvents::default())?;
+    let consumer: Arc<GroupConsumer> =
+        Arc::new(target.client.create_with_context(GroupEvents::default())?);
     consumer.subscribe(&[&target.topic])?;
     tracing::info!(
         topic = %target.topic, group = %target.group,
@@ -64,7 +66,7 @@ pub async fn run<P: Processor>(
         args,
         pool: pool.clone(),
         store: OffsetStore::new(&target.group, &target.topic),
-        broker: Broker::new(&target.client, &target.topic)?,
+        broker: Broker::new(consumer.clone(), &target.topic),
         recorder: StatsRecorder::new(pool.clone(), target.service),
         parts: Vec::new(),
         in_flight: None,
