@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Brings up what coinstream needs on a machine without Docker, and prints the environment to use.
 #
-#   scripts/infra.sh up       start (or reuse) a Kafka-protocol broker and a MySQL-compatible server,
-#                             create the application database and users, print KEY=value lines
+#   scripts/infra.sh up       install the tools the build and tests need (Debian packages), start (or
+#                             reuse) a Kafka-protocol broker and a MySQL-compatible server, create
+#                             the application database and users, print KEY=value lines
+#   scripts/infra.sh db       the same without the broker (for a run on an embedded broker)
 #   scripts/infra.sh env      print the KEY=value lines only
 #   scripts/infra.sh status   say what is running
 #   scripts/infra.sh down     stop what `up` started (by PID), nothing else
@@ -104,6 +106,19 @@ broker_up() {
   die "Tansu did not open $KAFKA_ADDR within 60 s (log: $STATE_DIR/tansu.log)"
 }
 
+# ---------------------------------------------------------------- tools
+# What the build and the tests need besides the broker and the database, from Debian's packages:
+# OpenSSL headers (librdkafka with TLS and SASL), Prometheus and promtool (the metrics tests).
+tools_up() {
+  local missing=()
+  dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+  command -v pkg-config >/dev/null || missing+=(pkg-config)
+  command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt_install "${missing[@]}" || die "installing ${missing[*]} failed (apt-get; as root or with sudo)"
+  fi
+}
+
 # ---------------------------------------------------------------- database
 mysql_cli() {
   if command -v mariadb >/dev/null; then echo mariadb; elif command -v mysql >/dev/null; then echo mysql; else return 1; fi
@@ -179,6 +194,10 @@ MYSQL_PASSWORD=$APP_PASSWORD
 MYSQL_DATABASE=$APP_DB
 COINSTREAM_TEST_MYSQL_URL=mysql://$TEST_USER:$TEST_PASSWORD@$DB_HOST:$DB_PORT
 ENV
+  if command -v prometheus >/dev/null; then
+    echo "COINSTREAM_TEST_PROMETHEUS=$(command -v prometheus)"
+    echo "COINSTREAM_TEST_PROMTOOL=$(command -v promtool)"
+  fi
   # Tests that restart the broker start a private one, in a data directory of its own (the
   # working directory); {addr} is filled in by the test.
   if [ -x "$TANSU" ]; then
@@ -217,9 +236,10 @@ down() {
 
 mkdir -p "$STATE_DIR"
 case "${1:-}" in
-  up) broker_up; db_up; print_env ;;
+  up) tools_up; broker_up; db_up; print_env ;;
+  db) tools_up; db_up; print_env ;;
   env) print_env ;;
   status) status ;;
   down) down ;;
-  *) echo "usage: $0 up|env|status|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|db|env|status|down" >&2; exit 2 ;;
 esac

@@ -10,6 +10,8 @@ use std::{fmt, path::Path, process, str::FromStr, time::Duration};
 use clap::{Args, Parser, ValueEnum};
 use sqlx::mysql::MySqlConnectOptions;
 
+use crate::security::{KafkaSecurity, MySqlTls};
+
 /// Exit status for bad configuration (clap uses the same one for usage errors).
 pub const CONFIG_EXIT_CODE: i32 = crate::exit::CONFIG as i32;
 
@@ -148,6 +150,8 @@ pub struct MySqlArgs {
     /// Connections in the pool.
     #[arg(long = "mysql-pool-size", env = "MYSQL_POOL_SIZE", value_name = "MYSQL_POOL_SIZE", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub pool_size: u32,
+    #[command(flatten)]
+    pub tls: MySqlTls,
 }
 
 impl MySqlArgs {
@@ -182,7 +186,8 @@ impl MySqlArgs {
             }
         };
         // Every timestamp we store is UTC; make the session agree so CURRENT_TIMESTAMP is UTC too.
-        Ok(opts.timezone(Some("+00:00".to_owned())).charset("utf8mb4"))
+        self.tls
+            .apply(opts.timezone(Some("+00:00".to_owned())).charset("utf8mb4"))
     }
 
     /// Where we connect, for logs: never the password.
@@ -238,14 +243,50 @@ pub struct KafkaArgs {
     /// How long to keep retrying at start-up while the broker is not reachable.
     #[arg(id = "kafka_connect_timeout", long = "kafka-connect-timeout", env = "KAFKA_CONNECT_TIMEOUT", value_name = "KAFKA_CONNECT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub security: KafkaSecurity,
 }
 
 impl KafkaArgs {
+    /// What every client needs: the brokers and the security settings.
+    pub fn client_config(&self) -> Result<rdkafka::ClientConfig, ConfigError> {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers);
+        self.security.apply(&mut c)?;
+        Ok(c)
+    }
+
+    /// Creates the topics that are missing (see [`crate::kafka::ensure_topics`]). A TLS or SASL
+    /// failure is a [`ConfigError`] naming the security settings.
+    pub async fn ensure_topics(&self, names: &[&str]) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let specs: Vec<crate::kafka::TopicSpec> = names
+            .iter()
+            .map(|t| crate::kafka::TopicSpec::new(*t, self.partitions, self.replication))
+            .collect();
+        let base = self.client_config()?;
+        match crate::kafka::ensure_topics(&base, &specs, self.connect_timeout).await {
+            Ok(()) => Ok(()),
+            Err(crate::kafka::TopicsError::Security(failure)) => Err(ConfigError::new(
+                "KAFKA_SECURITY_PROTOCOL",
+                format!(
+                    "{} does not fit the broker at {}: {failure} (check KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_*)",
+                    self.security.describe(),
+                    self.bootstrap_servers
+                ),
+            )
+            .into()),
+            Err(e) => Err(e).with_context(|| {
+                format!("creating topics {names:?} at {}", self.bootstrap_servers)
+            }),
+        }
+    }
+
     /// Producer configuration: our defaults (`kafka::producer_config`) plus the overrides.
-    pub fn producer_config(&self) -> rdkafka::ClientConfig {
-        let mut c = crate::kafka::producer_config(&self.bootstrap_servers);
+    pub fn producer_config(&self) -> Result<rdkafka::ClientConfig, ConfigError> {
+        let mut c = crate::kafka::producer_defaults(self.client_config()?);
         self.producer_properties.apply(&mut c);
-        c
+        Ok(c)
     }
 }
 

@@ -33,6 +33,12 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("MySQL at {target}: the TLS connection failed; check MYSQL_SSL_MODE and MYSQL_SSL_CA (a server without TLS needs MYSQL_SSL_MODE=preferred or disabled)")]
+    Tls {
+        target: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("applying migrations to {target}: {source}")]
     Migrate {
         target: String,
@@ -51,8 +57,8 @@ pub async fn connect_and_migrate(args: &MySqlArgs) -> anyhow::Result<MySqlPool> 
 }
 
 /// Opens a pool, retrying with backoff while the server is unreachable, for at most `max_wait`.
-/// Errors the server itself reports (bad password, unknown database) fail at once: waiting cannot
-/// fix them. `target` is for logs and must not hold a password.
+/// Errors the server itself reports (bad password, unknown database) and TLS failures fail at
+/// once: waiting cannot fix them. `target` is for logs and must not hold a password.
 pub async fn connect(
     opts: MySqlConnectOptions,
     target: &str,
@@ -83,6 +89,13 @@ pub async fn connect(
             }
             Err(e @ sqlx::Error::Database(_)) => {
                 return Err(DbError::Refused {
+                    target: target.to_owned(),
+                    source: e,
+                })
+            }
+            // Waiting does not give a server TLS, or fix a certificate.
+            Err(e @ sqlx::Error::Tls(_)) => {
+                return Err(DbError::Tls {
                     target: target.to_owned(),
                     source: e,
                 })

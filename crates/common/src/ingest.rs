@@ -16,7 +16,6 @@ use std::{
 
 use clap::Args;
 use sqlx::{Executor, MySqlPool};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
@@ -27,7 +26,9 @@ use crate::{
         probe::Probe,
         Msg, Processor, Target, WriteTask,
     },
+    metrics as m,
     stats::{ConsumerFigures, Counters, Details, IngestFigures, StatsRecorder},
+    Context,
 };
 
 /// Batching settings of an ingesting service, and the shared consumer settings.
@@ -55,6 +56,9 @@ pub struct Meta {
 /// rows. Both are pure; the ingest runs the statements in the batch's transaction.
 pub trait Sink: Send + Sync + 'static {
     type Row: Send + Sync + 'static;
+
+    /// The table the rows go to (the `table` label of the rows-written metric).
+    const TABLE: &'static str;
 
     /// Parses one message; an error sends it to the dead-letter table with this text.
     fn parse(&self, meta: Meta, payload: &[u8]) -> Result<Self::Row, String>;
@@ -133,7 +137,7 @@ pub async fn serve<S: Sink>(
     sink: S,
     service: Service<'_>,
     args: &IngestArgs,
-    shutdown: CancellationToken,
+    ctx: Context,
 ) -> anyhow::Result<()> {
     let pool = crate::prepare(service.mysql, Some((service.kafka, &[service.topic]))).await?;
     let target = Target::new(
@@ -143,8 +147,8 @@ pub async fn serve<S: Sink>(
         service.kafka,
         &args.consumer,
         &[],
-    );
-    let result = run(sink, &pool, &target, args, shutdown).await;
+    )?;
+    let result = run(sink, &pool, &target, args, &ctx).await;
     if let Ok((consumer, ingest)) = &result {
         tracing::info!(?consumer, ?ingest, "{} stopped", service.name);
     }
@@ -158,7 +162,7 @@ pub async fn run<S: Sink>(
     pool: &MySqlPool,
     target: &Target,
     args: &IngestArgs,
-    shutdown: CancellationToken,
+    ctx: &Context,
 ) -> anyhow::Result<(ConsumerFigures, IngestFigures)> {
     tracing::info!(batch_size = args.batch_size, batch_timeout = ?args.batch_timeout, "ingesting");
     let mut ingest = Ingest {
@@ -172,7 +176,7 @@ pub async fn run<S: Sink>(
         batch_timeout: args.batch_timeout,
         figures: IngestFigures::default(),
     };
-    let figures = crate::consumer::run(&mut ingest, target, pool, &args.consumer, shutdown).await?;
+    let figures = crate::consumer::run(&mut ingest, target, pool, &args.consumer, ctx).await?;
     Ok((figures, ingest.figures))
 }
 
@@ -240,6 +244,9 @@ impl<S: Sink> Processor for Ingest<S> {
     }
 
     async fn write_done(&mut self, w: Written) -> anyhow::Result<Vec<(i32, i64)>> {
+        metrics::counter!(m::ROWS_WRITTEN, "table" => S::TABLE).increment(w.rows);
+        metrics::counter!(m::DEAD_LETTERS).increment(w.dead);
+        metrics::histogram!(m::WRITE_DURATION).record(w.db_seconds);
         let f = &mut self.figures;
         f.rows_written += w.rows;
         f.dead_letters += w.dead;

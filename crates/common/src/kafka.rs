@@ -9,16 +9,21 @@ use std::time::{Duration, Instant};
 use crate::backoff::Backoff;
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
-    ClientConfig,
+    ClientConfig, ClientContext,
 };
 
-/// Producer defaults: idempotence on, `acks=all`, lz4 compression, small linger for batching.
-pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
+/// A client configuration with only the brokers (plaintext), for tools and tests.
+pub fn plain(bootstrap_servers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap_servers)
-        .set("enable.idempotence", "true")
+    c.set("bootstrap.servers", bootstrap_servers);
+    c
+}
+
+/// Producer defaults over `base` (brokers, security): idempotence on, `acks=all`, lz4
+/// compression, small linger for batching.
+pub fn producer_defaults(mut c: ClientConfig) -> ClientConfig {
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
@@ -30,11 +35,15 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
     c
 }
 
-/// Consumer defaults: no auto commit, no automatic offset store, earliest when the group is new.
-pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap_servers)
-        .set("group.id", group_id)
+/// Producer defaults for plaintext brokers at `bootstrap_servers`.
+pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
+    producer_defaults(plain(bootstrap_servers))
+}
+
+/// Consumer defaults over `base`: no auto commit, no automatic offset store, earliest when the
+/// group is new.
+pub fn consumer_defaults(mut c: ClientConfig, group_id: &str) -> ClientConfig {
+    c.set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -51,8 +60,88 @@ pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig 
     c
 }
 
+/// Consumer defaults for plaintext brokers at `bootstrap_servers`.
+pub fn consumer_config(bootstrap_servers: &str, group_id: &str) -> ClientConfig {
+    consumer_defaults(plain(bootstrap_servers), group_id)
+}
+
+/// Records the first TLS or authentication failure librdkafka reports: waiting cannot fix those.
+#[derive(Debug, Default)]
+struct SecurityWatch {
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl ClientContext for SecurityWatch {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        if message.contains("SSL handshake failed") || message.contains("SASL authentication") {
+            let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            failure.get_or_insert_with(|| message.to_owned());
+        }
+        tracing::debug!(?level, fac, message, "librdkafka");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        // A plaintext broker never answers a TLS handshake: the setup times out in that state.
+        let handshake = reason.contains("SSL_HANDSHAKE") || reason.contains("AUTH_HANDSHAKE");
+        if handshake
+            || matches!(
+                code,
+                Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication)
+            )
+        {
+            let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+            failure.get_or_insert_with(|| format!("{error}: {reason}"));
+        } else {
+            tracing::debug!(%error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl SecurityWatch {
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// With TLS or SASL configured, a first attempt that failed although the broker accepts TCP
+/// connections means the handshake itself did not complete (e.g. TLS to a plaintext listener,
+/// which never answers it): a configuration mismatch that waiting does not fix.
+fn handshake_stalled(base: &ClientConfig) -> Option<String> {
+    let protocol = base.get("security.protocol").unwrap_or("plaintext");
+    if protocol == "plaintext" {
+        return None;
+    }
+    let first = base
+        .get("bootstrap.servers")?
+        .split(',')
+        .next()?
+        .trim()
+        .to_owned();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&first)
+        .ok()?
+        .next()?;
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    Some(format!(
+        "{first} accepts TCP connections, but no {protocol} session could be set up with it"
+    ))
+}
+
+/// Why topics could not be made sure of.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A TLS handshake or SASL authentication failed (the settings do not fit the broker).
+    #[error("{0}")]
+    Security(String),
+}
+
 /// Names of the topics the cluster reports with at least one partition (empty when unreachable).
-fn existing_topics(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> Vec<String> {
+fn existing_topics(admin: &AdminClient<SecurityWatch>, timeout: Duration) -> Vec<String> {
     match admin.inner().fetch_metadata(None, timeout) {
         Ok(md) => md
             .topics()
@@ -83,15 +172,15 @@ impl TopicSpec {
 }
 
 /// Creates the topics that do not exist yet; "already exists" is success. While the broker is not
-/// reachable it retries with backoff, for at most `max_wait`.
+/// reachable it retries with backoff, for at most `max_wait`; a TLS or authentication failure
+/// ends it at once. `base` holds the brokers and the security settings.
 pub async fn ensure_topics(
-    bootstrap_servers: &str,
+    base: &ClientConfig,
     topics: &[TopicSpec],
     max_wait: Duration,
-) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers)
-        .create()?;
+) -> Result<(), TopicsError> {
+    let admin: AdminClient<SecurityWatch> = base.create_with_context(SecurityWatch::default())?;
+    let bootstrap_servers = base.get("bootstrap.servers").unwrap_or_default();
     let opts = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
@@ -101,6 +190,9 @@ pub async fn ensure_topics(
         // Create only what is missing: asking the cluster first also works with brokers that do
         // not implement CreateTopics (librdkafka's mock cluster).
         let existing = existing_topics(&admin, Duration::from_secs(5));
+        if let Some(failure) = admin.inner().context().failure() {
+            return Err(TopicsError::Security(failure));
+        }
         let missing: Vec<NewTopic<'_>> = topics
             .iter()
             .filter(|t| !existing.contains(&t.name))
@@ -138,9 +230,17 @@ pub async fn ensure_topics(
             }
             Err(e) => e,
         };
+        if let Some(failure) = admin
+            .inner()
+            .context()
+            .failure()
+            .or_else(|| handshake_stalled(base))
+        {
+            return Err(TopicsError::Security(failure));
+        }
         let delay = backoff.next_delay();
         if started.elapsed() + delay > max_wait {
-            return Err(retryable);
+            return Err(retryable.into());
         }
         tracing::warn!(%bootstrap_servers, error = %retryable, retry_in = ?delay, "Kafka not ready yet");
         tokio::time::sleep(delay).await;

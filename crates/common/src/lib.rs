@@ -9,6 +9,7 @@
 //!   processor for services that only parse and write rows.
 //! - [`window`]: the validated window spec and the window result message.
 //! - [`stats`]: typed statistics rows; [`exit`]: the exit statuses.
+//! - [`metrics`]: Prometheus metrics; [`observe`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: tracing setup with the service name on every line.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
 //! - `testing` (feature `testing`): a fresh database and unique topics per test.
@@ -20,7 +21,10 @@ pub mod db;
 pub mod exit;
 pub mod ingest;
 pub mod kafka;
+pub mod metrics;
 pub mod model;
+pub mod observe;
+pub mod security;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;
@@ -33,13 +37,26 @@ use std::process::ExitCode;
 pub use config::{ConfigError, Secret};
 pub use model::{AssetId, ModelError, Pair, RateEvent, RateUpdate};
 
-/// Runs a service on a multi-threaded runtime: `main` gets the shutdown token (cancelled on
-/// SIGINT/SIGTERM) and its outcome becomes the exit status: 0 on success, 2 for a
-/// [`ConfigError`], 3 and 4 for an [`exit::Stopped`], 1 for any other error (logged with its
-/// causes).
-pub fn run_service<F, Fut>(service: &'static str, main: F) -> ExitCode
+/// What a running service gets from [`run_service`].
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Cancelled on SIGINT/SIGTERM.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The service's turns and readiness, for `/healthz` and `/readyz`.
+    pub health: std::sync::Arc<observe::Health>,
+}
+
+/// Runs a service on a multi-threaded runtime: serves its metrics and health when `observe` asks
+/// for it (or answers `--healthcheck` and exits), then runs `main` with a [`Context`]. Its outcome
+/// becomes the exit status: 0 on success, 2 for a [`ConfigError`], 3 and 4 for an
+/// [`exit::Stopped`], 1 for any other error (logged with its causes).
+pub fn run_service<F, Fut>(
+    service: &'static str,
+    observe: Option<&observe::ObserveArgs>,
+    main: F,
+) -> ExitCode
 where
-    F: FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+    F: FnOnce(Context) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -52,7 +69,30 @@ where
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async { main(shutdown::on_signal()).await });
+    if let Some(args) = observe.filter(|a| a.healthcheck) {
+        return match runtime.block_on(observe::check(args.metrics_addr)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{service} not ready: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let addr = observe.and_then(|a| a.metrics_addr);
+    let outcome = runtime.block_on(async {
+        let ctx = Context {
+            shutdown: shutdown::on_signal(),
+            health: Default::default(),
+        };
+        if let Some(addr) = addr {
+            observe::serve(service, addr, ctx.health.clone(), ctx.shutdown.clone()).await?;
+        }
+        main(ctx).await
+    });
+    exit_status(service, outcome)
+}
+
+fn exit_status(service: &str, outcome: anyhow::Result<()>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -75,16 +115,13 @@ pub async fn prepare(
     mysql: &config::MySqlArgs,
     kafka: Option<(&config::KafkaArgs, &[&str])>,
 ) -> anyhow::Result<sqlx::MySqlPool> {
-    use anyhow::Context;
+    if let Some((k, _)) = kafka {
+        // Bad Kafka settings are reported before waiting for MySQL.
+        k.client_config()?;
+    }
     let pool = db::connect_and_migrate(mysql).await?;
     if let Some((k, topics)) = kafka {
-        let specs: Vec<kafka::TopicSpec> = topics
-            .iter()
-            .map(|t| kafka::TopicSpec::new(*t, k.partitions, k.replication))
-            .collect();
-        kafka::ensure_topics(&k.bootstrap_servers, &specs, k.connect_timeout)
-            .await
-            .with_context(|| format!("creating topics {topics:?} at {}", k.bootstrap_servers))?;
+        k.ensure_topics(topics).await?;
     }
     Ok(pool)
 }

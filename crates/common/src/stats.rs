@@ -183,6 +183,11 @@ impl StatsRecorder {
         }
     }
 
+    /// Closes the recorder's pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Like [`StatsRecorder::record`], but a failure to store is only logged (statistics must
     /// never stop a service); returns the process usage either way.
     pub async fn record_or_warn(&self, c: &Counters) -> ProcessUsage {

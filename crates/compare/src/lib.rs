@@ -15,8 +15,6 @@ use common::{
     window::WindowSpec,
 };
 
-use tokio_util::sync::CancellationToken;
-
 use crate::{
     accuracy::compare,
     report::{AvgPoint, Report},
@@ -174,7 +172,7 @@ pub async fn store(pool: &sqlx::MySqlPool, r: &Report) -> anyhow::Result<()> {
 }
 
 /// Runs one comparison (a signal stops it at once: nothing is written until the report is ready).
-pub async fn run(settings: Settings, _shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, _ctx: common::Context) -> anyhow::Result<()> {
     let pool = common::prepare(&settings.mysql, None).await?;
     let report = build_report(&pool, &settings).await?;
     store(&pool, &report).await?;

@@ -8,6 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, Utc};
+use common::metrics as m;
 use common::{model::parse_time, AssetId, Pair, RateUpdate, Secret};
 use reqwest::header::{HeaderMap, ACCEPT};
 use serde::Deserialize;
@@ -292,10 +293,17 @@ impl CoinApiClient {
             .await;
         let response = match response {
             Ok(r) => r,
-            Err(e) => return (Outcome::Transient(describe(&e)), Quota::default()),
+            Err(e) => {
+                metrics::counter!(m::COINAPI_REQUESTS, "status" => "error").increment(1);
+                return (Outcome::Transient(describe(&e)), Quota::default());
+            }
         };
         let status = response.status().as_u16();
+        metrics::counter!(m::COINAPI_REQUESTS, "status" => status.to_string()).increment(1);
         let quota = Quota::from_headers(response.headers());
+        if let Some(remaining) = quota.remaining {
+            metrics::gauge!(m::COINAPI_QUOTA_REMAINING).set(remaining as f64);
+        }
         let body = match response.bytes().await {
             Ok(b) => b,
             Err(e) => return (Outcome::Transient(describe(&e)), quota),

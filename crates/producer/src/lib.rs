@@ -12,12 +12,17 @@ pub mod simulate;
 
 use std::{
     io::BufRead,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use chrono::Utc;
-use common::stats::{Counters, Details, ProducerFigures, StatsRecorder};
+use common::{
+    metrics as m,
+    observe::Health,
+    stats::{Counters, Details, ProducerFigures, StatsRecorder},
+};
 use tokio_util::sync::CancellationToken;
 
 pub use settings::{Settings, Source};
@@ -46,11 +51,14 @@ struct Totals {
     started: Option<Instant>,
 }
 
-/// Logs a statistics line and stores a `service_stats` row.
+/// Reports the producer's figures: a statistics line, the metrics, the readiness, and a
+/// `service_stats` row when MySQL is there (the producer does not need it otherwise).
 #[derive(Debug, Clone)]
 struct Reporter {
-    recorder: StatsRecorder,
+    /// Set once MySQL is reachable (connected in the background).
+    recorder: Arc<OnceLock<StatsRecorder>>,
     runtime: tokio::runtime::Handle,
+    health: Arc<Health>,
 }
 
 impl Reporter {
@@ -60,7 +68,25 @@ impl Reporter {
             .block_on(self.report_async(totals, publisher, last));
     }
 
+    /// The loop turned: liveness, readiness and metrics (cheap; call it every few hundred
+    /// updates or seconds).
+    fn observe(&self, totals: &Totals, publisher: &Publisher) {
+        self.health.turn();
+        let failing = publisher.failing();
+        self.health.set_ready(if failing == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{failing} messages wait to be re-sent after failed deliveries"
+            ))
+        });
+        metrics::counter!(m::UPDATES_PRODUCED).absolute(totals.produced);
+        metrics::counter!(m::DELIVERIES, "result" => "delivered").absolute(publisher.delivered());
+        metrics::counter!(m::DELIVERIES, "result" => "failed").absolute(publisher.failed());
+    }
+
     async fn report_async(&self, totals: &Totals, publisher: &Publisher, last: bool) {
+        self.observe(totals, publisher);
         let counters = Counters {
             events_in: totals.produced,
             events_out: publisher.delivered(),
@@ -78,7 +104,10 @@ impl Reporter {
             },
             ..Counters::default()
         };
-        let usage = self.recorder.record_or_warn(&counters).await;
+        let usage = match self.recorder.get() {
+            Some(recorder) => recorder.record_or_warn(&counters).await,
+            None => common::stats::process_usage(),
+        };
         let elapsed = totals
             .started
             .map(|s| s.elapsed().as_secs_f64())
@@ -102,8 +131,31 @@ impl Reporter {
     }
 }
 
+/// Connects MySQL in the background for the statistics rows; the producer does not wait for it.
+/// A bad `DATABASE_URL` is still a configuration error at start-up.
+fn connect_statistics(
+    mysql: &common::config::MySqlArgs,
+) -> anyhow::Result<Arc<OnceLock<StatsRecorder>>> {
+    mysql.connect_options()?;
+    let cell = Arc::new(OnceLock::new());
+    let (set, mysql) = (cell.clone(), mysql.clone());
+    tokio::spawn(async move {
+        match common::db::connect_and_migrate(&mysql).await {
+            Ok(pool) => {
+                let _ = set.set(StatsRecorder::new(pool, "producer"));
+            }
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "no MySQL: statistics go to the log and the metrics only"
+            ),
+        }
+    });
+    Ok(cell)
+}
+
 /// Runs the producer until its source is exhausted or it is asked to stop.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()> {
+    let shutdown = ctx.shutdown.clone();
     let (source, defaulted) = settings.resolve_source()?;
     match (source, defaulted) {
         (Source::Simulate, true) => tracing::info!(
@@ -111,16 +163,15 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         ),
         _ => tracing::info!(source = ?source, "producer starting"),
     }
-    let pool = common::prepare(
-        &settings.mysql,
-        Some((&settings.kafka, &[settings.topic.as_str()])),
-    )
-    .await?;
+    settings.kafka.ensure_topics(&[&settings.topic]).await?;
     let reporter = Reporter {
-        recorder: StatsRecorder::new(pool.clone(), "producer"),
+        recorder: connect_statistics(&settings.mysql)?,
         runtime: tokio::runtime::Handle::current(),
+        health: ctx.health.clone(),
     };
-    let publisher = Publisher::with_config(&settings.kafka.producer_config(), &settings.topic)?;
+    let publisher = Publisher::with_config(&settings.kafka.producer_config()?, &settings.topic)?;
+    reporter.health.set_ready(Ok(()));
+    let statistics = reporter.recorder.clone();
     let result = match source {
         Source::Coinapi => run_coinapi(&settings, publisher, reporter, shutdown).await,
         Source::Simulate => {
@@ -158,7 +209,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             .await?
         }
     };
-    pool.close().await;
+    if let Some(recorder) = statistics.get() {
+        recorder.close().await;
+    }
     result
 }
 
@@ -192,9 +245,14 @@ async fn run_coinapi(
     };
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
     let outcome = loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = heartbeat.tick() => {
+                reporter.observe(&totals, &publisher);
+                continue;
+            }
             _ = shutdown.cancelled() => break Ok(()),
         }
         let round = match poller.poll_round(&mut publisher, &shutdown).await {
@@ -284,6 +342,9 @@ fn run_simulate(
         }
         if totals.produced % 1024 == 0 || per_event.is_some() {
             publisher.check()?;
+            if totals.produced % 256 == 0 {
+                reporter.observe(&totals, &publisher);
+            }
             if Instant::now() >= next_report {
                 reporter.report(&totals, &publisher, false);
                 next_report += stats_every;
@@ -347,6 +408,9 @@ fn run_replay(
             }
         }
         publisher.check()?;
+        if i % 256 == 0 {
+            reporter.observe(&totals, &publisher);
+        }
         if Instant::now() >= next_report {
             reporter.report(&totals, &publisher, false);
             next_report += stats_every;

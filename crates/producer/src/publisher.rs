@@ -61,6 +61,8 @@ struct Failed {
 pub struct DeliveryStats {
     pub delivered: AtomicU64,
     pub retried: AtomicU64,
+    /// Deliveries that failed (a re-sent message counts each time).
+    pub failures: AtomicU64,
     failed: Mutex<Vec<Failed>>,
     has_failed: AtomicU64,
     /// Whether the idempotent producer has its producer id (seen in librdkafka's statistics).
@@ -118,6 +120,7 @@ impl ProducerContext for DeliveryContext {
                 self.0.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, msg)) => {
+                self.0.failures.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
                 let failed = Failed {
                     key: msg.key().unwrap_or_default().to_vec(),
@@ -311,5 +314,22 @@ impl Publisher {
     /// Messages re-sent after a failed delivery.
     pub fn retried(&self) -> u64 {
         self.stats.retried.load(Ordering::Relaxed)
+    }
+
+    /// Failed deliveries so far (each re-sent until it succeeds or its window ends).
+    pub fn failed(&self) -> u64 {
+        self.stats.failures.load(Ordering::Relaxed)
+    }
+
+    /// Failed messages waiting to be re-sent now.
+    pub fn failing(&self) -> usize {
+        if self.stats.has_failed.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.stats
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 }

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, ValueEnum};
 use common::{
     config::{non_empty, parse_duration, ConfigError, KafkaArgs, MySqlArgs, Secret, TelemetryArgs},
+    observe::ObserveArgs,
     Pair,
 };
 
@@ -146,6 +147,8 @@ pub struct Settings {
     pub mysql: MySqlArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 fn parse_start(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

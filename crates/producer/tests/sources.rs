@@ -319,3 +319,35 @@ fn coinapi_without_key_is_a_config_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("COINAPI_KEY"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_without_a_database_and_keeps_statistics_in_the_log() {
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("raw", 3).await;
+    let closed = common::testing::prometheus::free_port().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_producer"));
+    cmd.args(["--topic", &topic, "--source", "simulate", "--count", "300"])
+        .args([
+            "--rate",
+            "100",
+            "--pair-count",
+            "3",
+            "--stats-interval",
+            "1s",
+        ])
+        .env("KAFKA_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
+        .env_remove("DATABASE_URL")
+        .env("MYSQL_HOST", "127.0.0.1")
+        .env("MYSQL_PORT", &closed)
+        .env("MYSQL_CONNECT_TIMEOUT", "1s")
+        .env_remove("COINAPI_KEY")
+        .env("RUST_LOG", "info");
+    let out = run(cmd);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("no MySQL"), "{log}");
+    assert!(
+        log.contains("producer statistics") && log.contains("delivered=300"),
+        "{log}"
+    );
+    assert_eq!(kafka.read_all(&topic).await.len(), 300);
+}

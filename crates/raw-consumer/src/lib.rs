@@ -10,9 +10,9 @@ use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
     ingest::{IngestArgs, Meta, Service, Sink, Statements},
     model::push_sql_datetime,
-    RateUpdate,
+    observe::ObserveArgs,
+    Context, RateUpdate,
 };
-use tokio_util::sync::CancellationToken;
 
 /// Settings of the raw consumer.
 #[derive(Debug, Parser)]
@@ -36,6 +36,8 @@ pub struct Settings {
     pub mysql: MySqlArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 /// A parsed update and where it was read.
@@ -86,6 +88,7 @@ impl RawSink {
 
 impl Sink for RawSink {
     type Row = RawRow;
+    const TABLE: &'static str = "raw_coin_data";
 
     fn parse(&self, meta: Meta, payload: &[u8]) -> Result<RawRow, String> {
         RateUpdate::from_json(payload)
@@ -105,7 +108,7 @@ impl Sink for RawSink {
 }
 
 /// Runs the raw consumer until it is asked to stop (or drained, `--exit-idle`).
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     let service = Service {
         name: "raw-consumer",
         topic: &settings.topic,
@@ -113,7 +116,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         kafka: &settings.kafka,
         mysql: &settings.mysql,
     };
-    common::ingest::serve(RawSink, service, &settings.ingest, shutdown).await
+    common::ingest::serve(RawSink, service, &settings.ingest, ctx).await
 }
 
 #[cfg(test)]

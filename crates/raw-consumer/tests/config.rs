@@ -91,3 +91,71 @@ fn unreachable_mysql_is_reported_without_password() {
     assert!(err.contains("not reachable"), "{err}");
     assert!(!err.contains("pw-should-not-show"), "{err}");
 }
+
+#[test]
+fn mysql_tls_required_without_tls_fails_at_once_naming_it_without_the_password() {
+    // The test server has no TLS.
+    let url = common::testing::test_mysql_url();
+    let started = std::time::Instant::now();
+    let (code, err) = run_with(
+        &[
+            ("DATABASE_URL", &format!("{url}/coinstream")),
+            ("MYSQL_SSL_MODE", "required"),
+            ("MYSQL_CONNECT_TIMEOUT", "60s"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "not retried for a minute"
+    );
+    assert!(
+        err.contains("MYSQL_SSL_MODE") && err.contains("TLS"),
+        "{err}"
+    );
+    let password = url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('@').next())
+        .unwrap();
+    assert!(!err.contains(&format!(":{password}@")), "{err}");
+}
+
+#[tokio::test]
+async fn kafka_tls_against_a_plaintext_broker_fails_fast_naming_the_setting() {
+    let db = common::testing::TestDb::new().await;
+    let started = std::time::Instant::now();
+    let (code, err) = run_with(
+        &[
+            ("DATABASE_URL", &db.database_url()),
+            (
+                "KAFKA_BOOTSTRAP_SERVERS",
+                &common::testing::test_bootstrap_servers(),
+            ),
+            ("KAFKA_SECURITY_PROTOCOL", "ssl"),
+            ("KAFKA_CONNECT_TIMEOUT", "120s"),
+            ("MYSQL_CONNECT_TIMEOUT", "5s"),
+        ],
+        &["--topic", "test-tls-probe", "--exit-idle", "1s"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "failed fast"
+    );
+    assert!(err.contains("KAFKA_SECURITY_PROTOCOL=ssl"), "{err}");
+}
+
+#[test]
+fn sasl_without_credentials_is_a_config_error() {
+    let (code, err) = run_with(
+        &[
+            ("KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("KAFKA_SASL_USERNAME"), "{err}");
+}

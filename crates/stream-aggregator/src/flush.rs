@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use common::{
     backoff::Backoff,
     consumer::{offsets::OffsetStore, probe::Probe, WriteTask},
+    metrics as m,
     window::{WindowBounds, WindowResult},
 };
 use sqlx::MySqlPool;
@@ -78,6 +79,7 @@ impl Aggregator {
             }
         }
         let mut offsets = Vec::with_capacity(written.committed.len());
+        let emitted: usize = written.committed.iter().map(|f| f.results.len()).sum();
         let mut to_publish: Vec<(i32, WindowResult)> = Vec::new();
         for f in written.committed {
             self.stats.figures.windows_emitted += f.results.len() as u64;
@@ -101,7 +103,31 @@ impl Aggregator {
             to_publish.extend(f.results.into_iter().map(|r| (p, r)));
         }
         self.publish(to_publish).await;
+        self.export_metrics(written.took, emitted);
         offsets
+    }
+
+    /// Metrics after a flush: its duration and rows, and the running totals.
+    fn export_metrics(&self, took: Duration, emitted: usize) {
+        metrics::histogram!(m::WRITE_DURATION).record(took.as_secs_f64());
+        metrics::counter!(m::ROWS_WRITTEN, "table" => "stream_agg").increment(emitted as u64);
+        metrics::counter!(m::WINDOWS_EMITTED).increment(emitted as u64);
+        let f = &self.stats.figures;
+        metrics::counter!(m::LATE_EVENTS, "applied" => "false").absolute(f.late);
+        metrics::counter!(m::LATE_EVENTS, "applied" => "true").absolute(f.partly_late);
+        metrics::counter!(m::DUPLICATES).absolute(f.duplicates);
+        metrics::counter!(m::DEAD_LETTERS).absolute(f.dead_letters);
+        let now = Utc::now().timestamp_micros();
+        let lag = self
+            .parts
+            .values()
+            .map(|p| p.engine.watermark())
+            .filter(|w| *w > i64::MIN)
+            .map(|w| (now - w) as f64 / 1e6)
+            .reduce(f64::max);
+        if let Some(lag) = lag {
+            metrics::gauge!(m::WATERMARK_LAG).set(lag);
+        }
     }
 
     /// Publishes results of their partitions; undelivered ones go back to their outbox.

@@ -30,9 +30,9 @@ use std::time::Duration;
 use common::{
     consumer::{offsets::OffsetStore, Target},
     window::WindowSpec,
+    Context,
 };
 use rdkafka::producer::FutureProducer;
-use tokio_util::sync::CancellationToken;
 
 pub use settings::Settings;
 
@@ -63,7 +63,7 @@ pub struct Config {
 }
 
 /// Runs the aggregator until `shutdown` (or drained, `--exit-idle`).
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     let config = Config {
         spec: settings.spec()?,
         lateness_us: settings.lateness_us(),
@@ -81,8 +81,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         &settings.kafka,
         &settings.consumer,
         &TUNING,
-    );
-    let producer: FutureProducer = settings.kafka.producer_config().create()?;
+    )?;
+    let producer: FutureProducer = settings.kafka.producer_config()?.create()?;
     tracing::info!(
         output = %settings.output_topic, window = ?settings.window, slide = ?settings.slide,
         watermark = ?settings.watermark, mode = ?settings.mode,
@@ -91,14 +91,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let offsets = OffsetStore::new(&settings.group, &settings.topic);
     let outbox = Outbox::new(producer, &settings.output_topic);
     let mut aggregator = Aggregator::new(config, pool.clone(), offsets, outbox)?;
-    let result = common::consumer::run(
-        &mut aggregator,
-        &target,
-        &pool,
-        &settings.consumer,
-        shutdown,
-    )
-    .await;
+    let result =
+        common::consumer::run(&mut aggregator, &target, &pool, &settings.consumer, &ctx).await;
     tracing::info!(figures = ?aggregator.figures(), "stream-aggregator stopped");
     pool.close().await;
     result.map(|_| ())

@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 use common::config::{
     non_empty, parse_duration, ConfigError, ConsumerArgs, KafkaArgs, MySqlArgs, TelemetryArgs,
 };
+use common::observe::ObserveArgs;
 
 use crate::engine::{Mode, WindowSpec};
 
@@ -67,6 +68,8 @@ pub struct Settings {
     pub mysql: MySqlArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 impl Settings {

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use chrono::Utc;
+use common::metrics as m;
 use common::stats::{
     AggregatorFigures, ConsumerFigures, Counters, Details, LatencyFigures, StatsRecorder,
 };
@@ -41,10 +42,14 @@ impl Stats {
         self.last_event = Some(now);
     }
 
-    /// Latency samples: `received` (µs) of events committed at `committed_at` (µs).
+    /// Latency samples: `received` (µs) of events committed at `committed_at` (µs), into the
+    /// statistics' histogram and the metric.
     pub fn committed(&mut self, committed_at_us: i64, received: &[i64]) {
+        let metric = metrics::histogram!(m::END_TO_END_LATENCY);
         for r in received {
-            let _ = self.latency_us.record((committed_at_us - r).max(1) as u64);
+            let us = (committed_at_us - r).max(1);
+            let _ = self.latency_us.record(us as u64);
+            metric.record(us as f64 / 1e6);
         }
     }
 

@@ -13,10 +13,10 @@ use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
     ingest::{IngestArgs, Meta, Service, Sink, Statements},
     model::push_sql_datetime,
+    observe::ObserveArgs,
     window::{WindowBounds, WindowResult},
-    AssetId,
+    AssetId, Context,
 };
-use tokio_util::sync::CancellationToken;
 
 /// Settings of the update counter.
 #[derive(Debug, Parser)]
@@ -40,6 +40,8 @@ pub struct Settings {
     pub mysql: MySqlArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 /// The part of a window result the counter keeps.
@@ -77,6 +79,7 @@ const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE \
 
 impl Sink for CountSink {
     type Row = WindowCount;
+    const TABLE: &'static str = "coin_update_count";
 
     fn parse(&self, _meta: Meta, payload: &[u8]) -> Result<WindowCount, String> {
         let w = WindowResult::from_json(payload).map_err(|e| e.to_string())?;
@@ -130,7 +133,7 @@ fn upsert_sql(counts: &[WindowCount]) -> String {
 }
 
 /// Runs the update counter until it is asked to stop (or drained, `--exit-idle`).
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     let service = Service {
         name: "update-counter",
         topic: &settings.topic,
@@ -138,7 +141,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         kafka: &settings.kafka,
         mysql: &settings.mysql,
     };
-    common::ingest::serve(CountSink, service, &settings.ingest, shutdown).await
+    common::ingest::serve(CountSink, service, &settings.ingest, ctx).await
 }
 
 #[cfg(test)]

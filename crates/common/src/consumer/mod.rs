@@ -131,18 +131,18 @@ impl Target {
         kafka: &KafkaArgs,
         consumer: &ConsumerArgs,
         tuning: &[(&str, &str)],
-    ) -> Self {
-        let mut client = crate::kafka::consumer_config(&kafka.bootstrap_servers, group);
+    ) -> Result<Self, crate::ConfigError> {
+        let mut client = crate::kafka::consumer_defaults(kafka.client_config()?, group);
         for (k, v) in tuning {
             client.set(*k, *v);
         }
         consumer.apply(&mut client);
         kafka.consumer_properties.apply(&mut client);
-        Target {
+        Ok(Target {
             service,
             topic: topic.to_owned(),
             group: group.to_owned(),
             client,
-        }
+        })
     }
 }

@@ -29,7 +29,10 @@ use crate::{
     backoff::Backoff,
     config::{ConsumerArgs, OnOffsetAhead},
     exit::Stopped,
+    metrics as m,
+    observe::Health,
     stats::{ConsumerFigures, StatsRecorder},
+    Context,
 };
 
 /// Messages taken per wake-up before checking timers and signals again.
@@ -38,6 +41,8 @@ const DRAIN: usize = 4096;
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long a seek back to MySQL's offset may wait for the broker.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long without an answering probe before the instance says it is not ready.
+const PROBE_STALE: Duration = Duration::from_secs(5);
 /// How often the log is probed (watchdog, drained check, offsets ahead of the log).
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -50,7 +55,7 @@ pub async fn run<P: Processor>(
     target: &Target,
     pool: &MySqlPool,
     args: &ConsumerArgs,
-    shutdown: CancellationToken,
+    ctx: &Context,
 ) -> anyhow::Result<ConsumerFigures> {
     let consumer: Arc<GroupConsumer> =
         Arc::new(target.client.create_with_context(GroupEvents::default())?);
@@ -81,8 +86,10 @@ pub async fn run<P: Processor>(
         resumed_at: now,
         probe_failing: false,
         assigned_at: None,
+        health: ctx.health.clone(),
+        last_probe_ok: None,
     };
-    let outcome = rt.run(&consumer, shutdown).await;
+    let outcome = rt.run(&consumer, ctx.shutdown.clone()).await;
     rt.processor.report(&rt.recorder, &rt.figures).await;
     outcome.map(|()| rt.figures)
 }
@@ -154,6 +161,9 @@ struct Runtime<'a, P: Processor> {
     probe_failing: bool,
     /// When partitions were last assigned, until the first write after it commits.
     assigned_at: Option<Instant>,
+    health: Arc<Health>,
+    /// When a probe last answered (the broker and MySQL both did).
+    last_probe_ok: Option<Instant>,
 }
 
 /// Awaits the task in `slot` and empties it.
@@ -174,6 +184,7 @@ impl<P: Processor> Runtime<'_, P> {
         let mut probe_tick = tokio::time::interval(PROBE_INTERVAL);
         probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.health.turn();
             if self.in_flight.is_none() && self.processor.write_due() {
                 self.start_write()?;
             }
@@ -599,6 +610,36 @@ impl<P: Processor> Runtime<'_, P> {
             tracing::warn!(error = %e, "reading offsets and watermarks failed (watchdog and drain checks wait for the next probe)");
         }
         self.probe_failing = true;
+        if self.last_probe_ok.is_none_or(|t| t.elapsed() > PROBE_STALE) {
+            self.health
+                .set_ready(Err(format!("the broker or MySQL does not answer: {e:#}")));
+        }
+    }
+
+    /// Readiness after a probe: holding partitions, or nothing to do; metrics of the probe.
+    fn publish_probe(&mut self, probe: &Probe) {
+        self.last_probe_ok = Some(Instant::now());
+        let held = self.figures.partitions_held;
+        let lag = probe.lag();
+        self.health.set_ready(if held > 0 || lag == 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "no partitions held while {lag} messages wait in {}",
+                self.target.topic
+            ))
+        });
+        for (p, mark) in &probe.partitions {
+            let labels = [
+                ("topic", self.target.topic.clone()),
+                ("partition", p.to_string()),
+            ];
+            metrics::gauge!(m::CONSUMER_LAG, &labels).set(mark.lag() as f64);
+        }
+        let topic = [("topic", self.target.topic.clone())];
+        metrics::gauge!(m::PARTITIONS_HELD, &topic).set(held as f64);
+        metrics::counter!(m::MESSAGES_CONSUMED, &topic).absolute(self.figures.messages);
+        metrics::counter!(m::REJOINS, &topic).absolute(self.figures.rejoins);
     }
 
     async fn on_probe(&mut self, consumer: &GroupConsumer, probe: Probe) -> anyhow::Result<Flow> {
@@ -606,6 +647,7 @@ impl<P: Processor> Runtime<'_, P> {
             tracing::info!("reading offsets and watermarks works again");
         }
         self.figures.lag = Some(probe.lag());
+        self.publish_probe(&probe);
         self.check_ahead_while_held(consumer, &probe).await?;
         let now = Instant::now();
         let resumed_at = self.resumed_at;

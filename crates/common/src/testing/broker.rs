@@ -5,7 +5,6 @@
 //! directory of its own, for its data. Nothing here knows which broker it is.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -28,10 +27,7 @@ impl PrivateBroker {
         let template = std::env::var("COINSTREAM_TEST_BROKER_CMD").unwrap_or_else(|_| {
             panic!("COINSTREAM_TEST_BROKER_CMD is not set: run the tests through scripts/test.sh, or set it from `scripts/infra.sh env`")
         });
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = super::prometheus::free_port();
         let addr = format!("127.0.0.1:{port}");
         let dir =
             std::env::temp_dir().join(format!("coinstream-broker-{}", super::unique_suffix()));

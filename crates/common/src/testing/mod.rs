@@ -9,9 +9,11 @@
 //! Set `COINSTREAM_TEST_KEEP=1` to keep a test's database after it, for debugging.
 //!
 //! [`services`] runs the service binaries as processes (logs, signals, waiting with a bound);
-//! [`broker`] starts a private broker for tests that restart it.
+//! [`broker`] starts a private broker for tests that restart it; [`prometheus`] a private
+//! Prometheus server that scrapes the services.
 
 pub mod broker;
+pub mod prometheus;
 pub mod services;
 
 use std::{str::FromStr, time::Duration};
@@ -257,7 +259,7 @@ impl TestKafka {
     pub async fn create_topic(&self, base: &str, partitions: i32) -> String {
         let name = self.topic_name(base);
         ensure_topics(
-            &self.bootstrap_servers,
+            &crate::kafka::plain(&self.bootstrap_servers),
             &[TopicSpec::new(&name, partitions, 1)],
             Duration::from_secs(30),
         )
