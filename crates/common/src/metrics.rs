@@ -50,7 +50,7 @@ const SECONDS_BUCKETS: [f64; 14] = [
 ];
 
 /// How often histogram samples are folded into their buckets (bounds the memory they take).
-const UPKEEP: Duration = Duration::from_millis(250);
+const UPKEEP: Duration = Duration::from_millis(100);
 
 /// The installed exporter: renders `/metrics`.
 #[derive(Debug, Clone)]

@@ -162,8 +162,17 @@ pub fn compare(stream: &BTreeMap<Key, StreamWindow>, batch: &BTreeMap<Key, Agg>)
     diffs.sort_by(|a, b| b.worst_relative.total_cmp(&a.worst_relative));
     diffs.truncate(20);
     acc.worst = diffs;
-    acc.passed = acc.mismatches == 0 && acc.missing == 0 && acc.extra == 0;
+    // A comparison in which no window matched proves nothing (a mistyped --group, an aggregator
+    // that has not written yet): it fails, and says so.
+    acc.passed = acc.matched > 0 && acc.mismatches == 0 && acc.missing == 0 && acc.extra == 0;
     acc
+}
+
+impl Accuracy {
+    /// Whether no stream window matched a batch window.
+    pub fn compared_nothing(&self) -> bool {
+        self.matched == 0
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +191,15 @@ mod tests {
 
     fn key(s: i64) -> Key {
         ("BTC".into(), "USD".into(), s)
+    }
+
+    #[test]
+    fn comparing_nothing_fails() {
+        let batch = BTreeMap::from([(key(0), agg(3, 4.5)), (key(60), agg(2, 3.0))]);
+        let a = compare(&BTreeMap::new(), &batch);
+        assert_eq!((a.matched, a.pending), (0, 2));
+        assert!(!a.passed && a.compared_nothing(), "{a:?}");
+        assert!(!compare(&BTreeMap::new(), &BTreeMap::new()).passed);
     }
 
     #[test]

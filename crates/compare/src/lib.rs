@@ -194,6 +194,13 @@ pub async fn run(settings: Settings, _ctx: common::Context) -> anyhow::Result<()
         tracing::info!(path = %path.display(), "HTML report written");
     }
     let passed = report.accuracy.passed && report.update_count_mismatches == 0;
+    if settings.fail_on_mismatch && report.accuracy.compared_nothing() {
+        anyhow::bail!(
+            "accuracy check failed: nothing was compared ({} batch windows, none matched a stream window): is --group {:?} the aggregator's group, and has it written?",
+            report.accuracy.windows_compared,
+            settings.group
+        );
+    }
     if settings.fail_on_mismatch && !passed {
         anyhow::bail!(
             "accuracy check failed: {} mismatching, {} missing, {} extra windows, {} update-count mismatches{}",

@@ -69,6 +69,8 @@ impl Report {
                 "accuracy".into(),
                 if a.passed {
                     "PASS".into()
+                } else if a.compared_nothing() {
+                    "FAIL: nothing compared (no stream window matched; wrong --group?)".into()
                 } else {
                     "FAIL".into()
                 },
@@ -228,6 +230,8 @@ impl Report {
         let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>coinstream: stream vs batch</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:960px}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.pass{color:#070}.fail{color:#b00}svg{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}</style></head><body>\n");
         let verdict = if self.accuracy.passed {
             "<span class=\"pass\">PASS</span>"
+        } else if self.accuracy.compared_nothing() {
+            "<span class=\"fail\">FAIL: nothing compared (no stream window matched; wrong group?)</span>"
         } else {
             "<span class=\"fail\">FAIL</span>"
         };
