@@ -4,7 +4,8 @@
 # Throughput: a pre-filled topic of COUNT updates (10 pairs, 1 ms of simulated event time apart,
 # so 1-minute windows close as the watermark moves), aggregated to final rows in MySQL. Reports
 # updates per CPU-second of the aggregator, its wall-clock rate beside the broker's plain consume
-# rate measured on the same topic in the same run, and peak RSS.
+# rate measured on the same topic in the same run, and peak RSS. Metrics are on (METRICS_ADDR), as
+# under compose.
 # Latency: the producer simulating RATE updates/s for SECONDS, the aggregator flushing every 50 ms;
 # the aggregator records, per update, the time from the producer receiving it to the commit of the
 # transaction that made its window's row reflect it.
@@ -41,7 +42,7 @@ plain_rate=$(sed -n 's/.*messages_per_second=\([0-9]*\).*/\1/p' <<<"$plain")
 [ "$kept" = "$COUNT" ] || { echo "the mock kept $kept of $COUNT messages" >&2; exit 1; }
 
 echo "aggregating" >&2
-DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/stream-aggregator \
+METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/stream-aggregator \
   --topic agg_in --output-topic agg_out --group "bench-$stamp" --window 1m --watermark 10m --idle-timeout 2s \
   --exit-idle 4s --flush-interval 1s --stats-interval 1h 2>"$work/agg.log" \
   || { cat "$work/agg.log" >&2; exit 1; }
@@ -49,7 +50,7 @@ read -r events secs cpu rss <<<"$(log_fields "$work/agg.log" statistics events p
 rows=$(sql "SELECT COUNT(*), SUM(is_final), SUM(update_count) FROM \`$db\`.stream_agg")
 
 echo "latency: $RATE updates/s for $LAT_SECONDS s, flush every 50 ms" >&2
-DATABASE_URL="$test_url/${db}_lat" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/stream-aggregator \
+METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$test_url/${db}_lat" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/stream-aggregator \
   --topic lat_in --output-topic lat_out --group "lat-$stamp" --flush-interval 50ms --exit-idle 5s --stats-interval 1h \
   2>"$work/lat.log" &
 agg_pid=$!

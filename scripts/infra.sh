@@ -108,12 +108,15 @@ broker_up() {
 
 # ---------------------------------------------------------------- tools
 # What the build and the tests need besides the broker and the database, from Debian's packages:
-# OpenSSL headers (librdkafka with TLS and SASL), Prometheus and promtool (the metrics tests).
+# OpenSSL headers (librdkafka with TLS and SASL), Prometheus and promtool (the metrics tests),
+# Chromium and ChromeDriver (the dashboard's browser test).
 tools_up() {
   local missing=()
   dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v chromedriver >/dev/null || missing+=(chromium-driver)
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}" || die "installing ${missing[*]} failed (apt-get; as root or with sudo)"
   fi
@@ -197,6 +200,10 @@ ENV
   if command -v prometheus >/dev/null; then
     echo "COINSTREAM_TEST_PROMETHEUS=$(command -v prometheus)"
     echo "COINSTREAM_TEST_PROMTOOL=$(command -v promtool)"
+  fi
+  if command -v chromedriver >/dev/null && command -v chromium >/dev/null; then
+    echo "COINSTREAM_TEST_CHROMEDRIVER=$(command -v chromedriver)"
+    echo "COINSTREAM_TEST_CHROMIUM=$(command -v chromium)"
   fi
   # Tests that restart the broker start a private one, in a data directory of its own (the
   # working directory); {addr} is filled in by the test.

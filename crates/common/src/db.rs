@@ -65,6 +65,18 @@ pub async fn connect(
     pool_size: u32,
     max_wait: Duration,
 ) -> Result<MySqlPool, DbError> {
+    connect_with_acquire_timeout(opts, target, pool_size, max_wait, Duration::from_secs(30)).await
+}
+
+/// [`connect`], with the pool's acquire timeout: how long a query waits for a connection (and
+/// the pool keeps reconnecting) before it fails, once the server has gone.
+pub async fn connect_with_acquire_timeout(
+    opts: MySqlConnectOptions,
+    target: &str,
+    pool_size: u32,
+    max_wait: Duration,
+    acquire_timeout: Duration,
+) -> Result<MySqlPool, DbError> {
     let started = Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut attempt = 1u32;
@@ -79,7 +91,7 @@ pub async fn connect(
                 }
                 return MySqlPoolOptions::new()
                     .max_connections(pool_size)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .acquire_timeout(acquire_timeout)
                     .connect_with(opts)
                     .await
                     .map_err(|source| DbError::Refused {

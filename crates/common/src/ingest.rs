@@ -244,9 +244,11 @@ impl<S: Sink> Processor for Ingest<S> {
     }
 
     async fn write_done(&mut self, w: Written) -> anyhow::Result<Vec<(i32, i64)>> {
-        metrics::counter!(m::ROWS_WRITTEN, "table" => S::TABLE).increment(w.rows);
-        metrics::counter!(m::DEAD_LETTERS).increment(w.dead);
-        metrics::histogram!(m::WRITE_DURATION).record(w.db_seconds);
+        m::ROWS_WRITTEN
+            .with_label_values(&[S::TABLE])
+            .inc_by(w.rows);
+        m::DEAD_LETTERS.inc_by(w.dead);
+        m::WRITE_DURATION.observe(w.db_seconds);
         let f = &mut self.figures;
         f.rows_written += w.rows;
         f.dead_letters += w.dead;

@@ -95,68 +95,101 @@ pub fn differs(stream: &Agg, batch: &Agg) -> Option<(String, f64)> {
     (!what.is_empty()).then(|| (what.join(", "), worst))
 }
 
+/// Where one window stands, stream against batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Both sides agree.
+    Match,
+    /// A final stream window differs from the batch.
+    Differs,
+    /// The stream window differs but is not final yet (it may be catching up).
+    Open,
+    /// In the raw data, not in the stream yet, and no later final window of its pair either.
+    Pending,
+    /// In the raw data, not in the stream, though a later window of its pair is final.
+    Missing,
+    /// In the stream, not in the raw data.
+    Extra,
+}
+
+/// Classifies one window; for a difference, also what differs and the worst relative difference.
+/// `later_final`: the stream has a final window of this pair starting after this one.
+pub fn classify(
+    stream: Option<&StreamWindow>,
+    batch: Option<&Agg>,
+    later_final: bool,
+) -> (Status, Option<(String, f64)>) {
+    match (stream, batch) {
+        (Some(w), Some(b)) => match differs(&w.agg, b) {
+            None => (Status::Match, None),
+            Some(d) if !w.is_final => (Status::Open, Some(d)),
+            Some(d) => (Status::Differs, Some(d)),
+        },
+        (None, Some(_)) if later_final => (
+            Status::Missing,
+            Some(("missing from stream_agg".into(), f64::INFINITY)),
+        ),
+        (None, _) => (Status::Pending, None),
+        (Some(_), None) => (
+            Status::Extra,
+            Some((
+                "in stream_agg but not in the raw data".into(),
+                f64::INFINITY,
+            )),
+        ),
+    }
+}
+
+/// Latest final window start per pair in the stream.
+pub fn latest_final(stream: &BTreeMap<Key, StreamWindow>) -> BTreeMap<(&str, &str), i64> {
+    let mut latest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for ((b, q, s), w) in stream {
+        if w.is_final {
+            let e = latest.entry((b.as_str(), q.as_str())).or_insert(*s);
+            *e = (*e).max(*s);
+        }
+    }
+    latest
+}
+
 /// Compares every window.
 pub fn compare(stream: &BTreeMap<Key, StreamWindow>, batch: &BTreeMap<Key, Agg>) -> Accuracy {
     let mut acc = Accuracy::default();
     let mut diffs = Vec::new();
-    // Latest final window start per pair in the stream.
-    let mut latest_final: BTreeMap<(&str, &str), i64> = BTreeMap::new();
-    for ((b, q, s), w) in stream {
-        if w.is_final {
-            let e = latest_final.entry((b.as_str(), q.as_str())).or_insert(*s);
-            *e = (*e).max(*s);
+    let latest = latest_final(stream);
+    let keys = batch
+        .keys()
+        .chain(stream.keys().filter(|k| !batch.contains_key(*k)));
+    for k in keys {
+        let (s, b) = (stream.get(k), batch.get(k));
+        let later_final = latest
+            .get(&(k.0.as_str(), k.1.as_str()))
+            .is_some_and(|s| *s > k.2);
+        let (status, what) = classify(s, b, later_final);
+        if b.is_some() {
+            acc.windows_compared += 1;
         }
-    }
-    let diff =
-        |k: &Key, stream: Option<Agg>, batch: Option<Agg>, worst: f64, what: String| Difference {
-            base: k.0.clone(),
-            quote: k.1.clone(),
-            start_us: k.2,
-            stream,
-            batch,
-            worst_relative: worst,
-            what,
-        };
-    for (k, b) in batch {
-        acc.windows_compared += 1;
-        match stream.get(k) {
-            Some(w) => match differs(&w.agg, b) {
-                None => acc.matched += 1,
-                Some(_) if !w.is_final => acc.open += 1,
-                Some((what, worst)) => {
-                    acc.mismatches += 1;
-                    diffs.push(diff(k, Some(w.agg), Some(*b), worst, what));
-                }
-            },
-            None => {
-                let later_final = latest_final
-                    .get(&(k.0.as_str(), k.1.as_str()))
-                    .is_some_and(|s| *s > k.2);
-                if later_final {
-                    acc.missing += 1;
-                    diffs.push(diff(
-                        k,
-                        None,
-                        Some(*b),
-                        f64::INFINITY,
-                        "missing from stream_agg".into(),
-                    ));
-                } else {
-                    acc.pending += 1;
-                }
-            }
+        match status {
+            Status::Match => acc.matched += 1,
+            Status::Open => acc.open += 1,
+            Status::Pending => acc.pending += 1,
+            Status::Differs => acc.mismatches += 1,
+            Status::Missing => acc.missing += 1,
+            Status::Extra => acc.extra += 1,
         }
-    }
-    for (k, w) in stream {
-        if !batch.contains_key(k) {
-            acc.extra += 1;
-            diffs.push(diff(
-                k,
-                Some(w.agg),
-                None,
-                f64::INFINITY,
-                "in stream_agg but not in the raw data".into(),
-            ));
+        if let (Status::Differs | Status::Missing | Status::Extra, Some((what, worst))) =
+            (status, what)
+        {
+            diffs.push(Difference {
+                base: k.0.clone(),
+                quote: k.1.clone(),
+                start_us: k.2,
+                stream: s.map(|w| w.agg),
+                batch: b.copied(),
+                worst_relative: worst,
+                what,
+            });
         }
     }
     diffs.sort_by(|a, b| b.worst_relative.total_cmp(&a.worst_relative));

@@ -1,23 +1,29 @@
-//! compare: recomputes the stream aggregator's windows in batch from `raw_coin_data` (SQL in
-//! MySQL) and reports stream vs batch: accuracy window by window, latency, throughput and
-//! resource use. Every run is stored in `comparison_runs`.
+//! compare: recomputes the stream aggregator's windows in batch from `raw_coin_data` and reports
+//! stream vs batch: accuracy window by window, latency, throughput and resource use. Every run is
+//! stored in `comparison_runs`. `compare serve` shows the same live in a browser ([`serve`]).
 
 pub mod accuracy;
+pub mod batch;
 pub mod queries;
 pub mod report;
+pub mod serve;
+pub mod view;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use chrono::Utc;
-use clap::{Parser, ValueEnum};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::{
     config::{non_empty, parse_duration, ConfigError, MySqlArgs, TelemetryArgs},
+    model::{parse_time, Pair},
     window::WindowSpec,
 };
 
 use crate::{
-    accuracy::compare,
-    report::{AvgPoint, Report},
+    accuracy::{compare, Agg, Key, StreamWindow},
+    batch::{Batch, Scope},
+    queries::ServiceFigures,
+    report::Report,
 };
 
 /// Output format.
@@ -29,10 +35,46 @@ pub enum Format {
     Html,
 }
 
-/// Settings of compare.
+/// Settings of compare: a one-shot report, or `serve`.
 #[derive(Debug, Parser)]
-#[command(name = "compare", version, about = "Stream vs batch report")]
+#[command(
+    name = "compare",
+    version,
+    about = "Stream vs batch: a report, or a live dashboard (compare serve)",
+    args_conflicts_with_subcommands = true
+)]
 pub struct Settings {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub mysql: MySqlArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl Settings {
+    /// The logging settings of the command run.
+    pub fn telemetry(&self) -> &TelemetryArgs {
+        match &self.command {
+            Some(Command::Serve(s)) => &s.telemetry,
+            None => &self.telemetry,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the live dashboard: a web page and JSON API over the MySQL tables (read-only).
+    Serve(serve::ServeSettings),
+}
+
+/// What to compare: the aggregator group, its window spec, and which windows.
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
     /// Aggregator group whose recorded window spec is used.
     #[arg(long = "group", env = "AGGREGATOR_GROUP", value_name = "AGGREGATOR_GROUP", default_value = "stream-aggregator", value_parser = non_empty)]
     pub group: String,
@@ -42,6 +84,38 @@ pub struct Settings {
     /// Slide, with --window (default: tumbling).
     #[arg(long = "slide", value_name = "SLIDE", value_parser = parse_duration)]
     pub slide: Option<Duration>,
+    /// Only windows of this pair (BASE/QUOTE).
+    #[arg(long = "pair", value_name = "PAIR", value_parser = parse_pair)]
+    pub pair: Option<Pair>,
+    /// Only windows starting at or after this time (RFC 3339, UTC).
+    #[arg(long = "since", value_name = "TIME", value_parser = parse_instant)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only windows starting before this time (RFC 3339, UTC).
+    #[arg(long = "until", value_name = "TIME", value_parser = parse_instant)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl SourceArgs {
+    pub fn scope(&self) -> Scope {
+        Scope {
+            pair: self.pair,
+            since: self.since,
+            until: self.until,
+        }
+    }
+
+    /// The window spec: configured, or recorded by the aggregator group (`None`: neither yet).
+    pub async fn spec(&self, pool: &sqlx::MySqlPool) -> anyhow::Result<Option<WindowSpec>> {
+        if let Some(w) = self.window {
+            return Ok(Some(WindowSpec::from_settings(w, self.slide)?));
+        }
+        queries::recorded_spec(pool, &self.group).await
+    }
+}
+
+/// How the one-shot report is written.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
     /// Report format on stdout (or in --output).
     #[arg(
         long = "format",
@@ -60,91 +134,104 @@ pub struct Settings {
     /// Exit non-zero when accuracy fails.
     #[arg(long = "fail-on-mismatch")]
     pub fail_on_mismatch: bool,
-    #[command(flatten)]
-    pub mysql: MySqlArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
 }
 
-/// Builds the report from the database.
-pub async fn build_report(pool: &sqlx::MySqlPool, settings: &Settings) -> anyhow::Result<Report> {
-    let spec = match (
-        settings.window,
-        queries::recorded_spec(pool, &settings.group).await?,
-    ) {
-        (Some(w), _) => WindowSpec::from_settings(w, settings.slide)?,
-        (None, Some(spec)) => spec,
-        (None, None) => {
-            return Err(ConfigError::new(
-                "AGGREGATOR_GROUP",
-                format!(
-                "no window spec recorded for group {:?}: run the aggregator first or pass --window",
-                settings.group
-            ),
-            )
-            .into())
-        }
-    };
-    let batch = queries::batch(pool, spec, &settings.group).await?;
-    let stream = queries::stream(pool).await?;
-    let accuracy = compare(&stream, &batch.windows);
-    let counts = queries::update_counts(pool).await?;
+fn parse_pair(s: &str) -> Result<Pair, String> {
+    s.parse::<Pair>().map_err(|e| e.to_string())
+}
+
+fn parse_instant(s: &str) -> Result<DateTime<Utc>, String> {
+    parse_time(s)
+        .ok_or_else(|| format!("{s:?} is not a time (RFC 3339, e.g. 2024-08-05T12:00:00Z)"))
+}
+
+/// The stream side and the figures a report puts beside the accuracy.
+#[derive(Debug)]
+pub struct Sides<'a> {
+    pub group: &'a str,
+    pub spec: WindowSpec,
+    pub stream: &'a BTreeMap<Key, StreamWindow>,
+    pub batch: &'a Batch,
+    pub counts: &'a BTreeMap<Key, (i64, bool)>,
+    pub services: Vec<ServiceFigures>,
+    pub batch_latency_ms: Option<[f64; 4]>,
+}
+
+/// The report from both sides (pure).
+pub fn assemble(s: Sides<'_>) -> Report {
+    let accuracy = compare(s.stream, &s.batch.windows);
     let mut checked = 0;
     let mut count_mismatches = 0;
-    for (k, w) in &stream {
+    for (k, w) in s.stream {
         if !w.is_final {
             continue;
         }
-        if let Some(b) = batch.windows.get(k) {
+        if let Some(b) = s.batch.windows.get(k) {
             checked += 1;
-            if counts.get(k) != Some(&(b.count, true)) {
+            if s.counts.get(k) != Some(&(b.count, true)) {
                 count_mismatches += 1;
             }
         }
     }
-    let services = queries::services(pool).await?;
-    let latency = services
+    let latency = s
+        .services
         .iter()
-        .find(|s| s.service == "stream-aggregator")
-        .and_then(|s| s.details.aggregator.as_ref())
+        .find(|f| f.service == "stream-aggregator")
+        .and_then(|f| f.details.aggregator.as_ref())
         .map(|a| a.latency.clone())
         .filter(|l| l.samples > 0);
-    let stream_latency_ms = latency
-        .as_ref()
-        .map(|l| [l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms]);
-    let latency_histogram = latency.map(|l| l.histogram_ms).unwrap_or_default();
-    let batch_latency_ms = queries::batch_latency(pool, batch.seconds).await?;
-    let mut averages: BTreeMap<String, Vec<AvgPoint>> = BTreeMap::new();
-    for ((b, q, s), agg) in &batch.windows {
-        averages
-            .entry(format!("{b}/{q}"))
-            .or_default()
-            .push(AvgPoint {
-                start_us: *s,
-                stream: stream.get(&(b.clone(), q.clone(), *s)).map(|w| w.agg.avg),
-                batch: agg.avg,
-            });
-    }
-    Ok(Report {
+    let batch_windows: &BTreeMap<Key, Agg> = &s.batch.windows;
+    Report {
         run_at: Utc::now(),
-        group: settings.group.clone(),
-        spec,
+        group: s.group.to_owned(),
+        spec: s.spec,
         accuracy,
         update_count_mismatches: count_mismatches,
         update_count_checked: checked,
-        batch_seconds: batch.seconds,
-        raw_rows: batch.raw_rows,
-        batch_rows_per_second: if batch.seconds > 0.0 {
-            batch.raw_rows as f64 / batch.seconds
+        batch_seconds: s.batch.seconds,
+        raw_rows: s.batch.raw_rows,
+        batch_rows_per_second: if s.batch.seconds > 0.0 {
+            s.batch.raw_rows as f64 / s.batch.seconds
         } else {
             0.0
         },
-        stream_latency_ms,
-        batch_latency_ms,
-        latency_histogram,
+        stream_latency_ms: latency
+            .as_ref()
+            .map(|l| [l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms]),
+        batch_latency_ms: s.batch_latency_ms,
+        latency_histogram: latency.map(|l| l.histogram_ms).unwrap_or_default(),
+        services: s.services,
+        windows: view::by_pair(s.spec.size_us, s.stream, batch_windows),
+    }
+}
+
+/// Builds the report of a scope from the database.
+pub async fn build_report(pool: &sqlx::MySqlPool, source: &SourceArgs) -> anyhow::Result<Report> {
+    let Some(spec) = source.spec(pool).await? else {
+        return Err(ConfigError::new(
+            "AGGREGATOR_GROUP",
+            format!(
+                "no window spec recorded for group {:?}: run the aggregator first or pass --window",
+                source.group
+            ),
+        )
+        .into());
+    };
+    let scope = source.scope();
+    let batch = batch::compute(pool, spec, &source.group, &scope).await?;
+    let stream = queries::stream(pool, &scope).await?;
+    let counts = queries::update_counts(pool, &scope).await?;
+    let services = queries::services(pool).await?;
+    let batch_latency_ms = queries::batch_latency(pool, batch.seconds).await?;
+    Ok(assemble(Sides {
+        group: &source.group,
+        spec,
+        stream: &stream,
+        batch: &batch,
+        counts: &counts,
         services,
-        averages: averages.into_iter().collect(),
-    })
+        batch_latency_ms,
+    }))
 }
 
 /// Stores the run in `comparison_runs`.
@@ -171,37 +258,42 @@ pub async fn store(pool: &sqlx::MySqlPool, r: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one comparison (a signal stops it at once: nothing is written until the report is ready).
-pub async fn run(settings: Settings, _ctx: common::Context) -> anyhow::Result<()> {
+/// Runs one comparison (a signal stops it at once: nothing is written until the report is ready),
+/// or serves the dashboard.
+pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()> {
+    if let Some(Command::Serve(serve)) = settings.command {
+        return serve::run(serve, ctx).await;
+    }
     let pool = common::prepare(&settings.mysql, None).await?;
-    let report = build_report(&pool, &settings).await?;
+    let report = build_report(&pool, &settings.source).await?;
     store(&pool, &report).await?;
     pool.close().await;
-    let text = match settings.format {
+    let out = &settings.report;
+    let text = match out.format {
         Format::Table => report.to_table(),
         Format::Json => report.to_json(),
         Format::Markdown => report.to_markdown(),
         Format::Html => report.to_html(),
     };
-    match &settings.output {
+    match &out.output {
         Some(path) => std::fs::write(path, text)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?,
         None => print!("{text}"),
     }
-    if let Some(path) = &settings.html {
+    if let Some(path) = &out.html {
         std::fs::write(path, report.to_html())
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         tracing::info!(path = %path.display(), "HTML report written");
     }
     let passed = report.accuracy.passed && report.update_count_mismatches == 0;
-    if settings.fail_on_mismatch && report.accuracy.compared_nothing() {
+    if out.fail_on_mismatch && report.accuracy.compared_nothing() {
         anyhow::bail!(
             "accuracy check failed: nothing was compared ({} batch windows, none matched a stream window): is --group {:?} the aggregator's group, and has it written?",
             report.accuracy.windows_compared,
-            settings.group
+            settings.source.group
         );
     }
-    if settings.fail_on_mismatch && !passed {
+    if out.fail_on_mismatch && !passed {
         anyhow::bail!(
             "accuracy check failed: {} mismatching, {} missing, {} extra windows, {} update-count mismatches{}",
             report.accuracy.mismatches,

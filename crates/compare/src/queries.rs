@@ -1,20 +1,17 @@
-//! Reading both sides from MySQL: the batch recomputation (SQL over `raw_coin_data`), the stream
-//! results, the update counts, and the services' statistics.
+//! Reading from MySQL what compare sets beside the batch side ([`crate::batch`]): the stream
+//! results, the update counts, the services' statistics, and the batch-side latency.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::collections::BTreeMap;
 
+use chrono::NaiveDateTime;
 use common::{stats::Details, window::WindowSpec};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
-use crate::accuracy::{Agg, Key, StreamWindow};
-
-/// Microseconds since the epoch of a `DATETIME(6)` column, in SQL both servers accept.
-const US: &str = "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {})";
-
-fn us(col: &str) -> String {
-    US.replace("{}", col)
-}
+use crate::{
+    accuracy::{Agg, Key, StreamWindow},
+    batch::{us, Scope},
+};
 
 /// The spec the aggregator group recorded, if any (checked like a configured one).
 pub async fn recorded_spec(pool: &MySqlPool, group: &str) -> anyhow::Result<Option<WindowSpec>> {
@@ -28,107 +25,97 @@ pub async fn recorded_spec(pool: &MySqlPool, group: &str) -> anyhow::Result<Opti
         .transpose()?)
 }
 
-/// The batch recomputation and how long it took.
-#[derive(Debug)]
-pub struct Batch {
-    pub windows: BTreeMap<Key, Agg>,
-    pub seconds: f64,
-    pub raw_rows: i64,
-}
-
-/// Recomputes every window from `raw_coin_data` in MySQL. Events the aggregator recorded as late
-/// (same Kafka partition and offset in `late_events`) are left out of exactly the windows they
-/// missed: all of them when not applied, those ending at or before the recorded watermark when
-/// applied to the others (sliding windows).
-pub async fn batch(pool: &MySqlPool, spec: WindowSpec, group: &str) -> anyhow::Result<Batch> {
-    let k = spec.windows_per_event();
-    let numbers = (0..k)
-        .map(|j| format!("SELECT {j} AS j"))
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    let start = format!("(FLOOR(r.us / {s}) - n.j) * {s}", s = spec.slide_us);
-    let sql = format!(
-        "SELECT r.asset_id_base, r.asset_id_quote, CAST({start} AS SIGNED) AS start_us, \
-                COUNT(*) AS n, SUM(r.rate), MIN(r.rate), MAX(r.rate) \
-         FROM (SELECT asset_id_base, asset_id_quote, rate, kafka_partition, kafka_offset, {t} AS us FROM raw_coin_data) r \
-         CROSS JOIN ({numbers}) n \
-         LEFT JOIN late_events l ON l.consumer_group = ? AND l.kafka_partition = r.kafka_partition \
-                                 AND l.kafka_offset = r.kafka_offset \
-         WHERE l.id IS NULL OR (l.applied AND {w} < {start} + {size}) \
-         GROUP BY r.asset_id_base, r.asset_id_quote, start_us",
-        t = us("`time`"),
-        w = us("l.watermark"),
-        size = spec.size_us,
-    );
-    let started = Instant::now();
-    let rows: Vec<(String, String, i64, i64, f64, f64, f64)> =
-        sqlx::query_as(&sql).bind(group).fetch_all(pool).await?;
-    let raw_rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM raw_coin_data")
-        .fetch_one(pool)
-        .await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let windows = rows
-        .into_iter()
-        .map(|(b, q, s, n, sum, min, max)| {
-            (
-                (b, q, s),
-                Agg {
-                    count: n,
-                    sum,
-                    min,
-                    max,
-                    avg: sum / n as f64,
-                },
-            )
-        })
-        .collect();
-    Ok(Batch {
-        windows,
-        seconds,
-        raw_rows,
-    })
-}
-
 /// base, quote, start µs, count, sum, min, max, avg, final.
-type StreamRow = (String, String, i64, i64, f64, f64, f64, f64, bool);
+pub type StreamRow = (String, String, i64, i64, f64, f64, f64, f64, bool);
 /// service, events in, events out, dead letters, late, running s, CPU s, peak RSS, details.
 type StatsRow = (String, i64, i64, i64, i64, f64, f64, i64, Option<String>);
 
-/// Every `stream_agg` row.
-pub async fn stream(pool: &MySqlPool) -> anyhow::Result<BTreeMap<Key, StreamWindow>> {
-    let sql = format!(
-        "SELECT asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, sum_rate, min_rate, max_rate, avg_rate, is_final FROM stream_agg",
+/// The columns of a stream window, in [`StreamRow`]'s order.
+pub fn stream_columns() -> String {
+    format!(
+        "asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, sum_rate, min_rate, max_rate, avg_rate, is_final",
         us("start_time")
-    );
-    let rows: Vec<StreamRow> = sqlx::query_as(&sql).fetch_all(pool).await?;
-    Ok(rows
+    )
+}
+
+/// A row of [`stream_columns`] as a window.
+pub fn stream_window((b, q, s, n, sum, min, max, avg, is_final): StreamRow) -> (Key, StreamWindow) {
+    (
+        (b, q, s),
+        StreamWindow {
+            agg: Agg {
+                count: n,
+                sum,
+                min,
+                max,
+                avg,
+            },
+            is_final,
+        },
+    )
+}
+
+/// `WHERE` conditions on a window table's pair and `start_time` for `scope` (values bound).
+fn window_conditions(scope: &Scope) -> (String, Vec<String>, Vec<NaiveDateTime>) {
+    let mut sql = String::from(" WHERE TRUE");
+    let mut texts = Vec::new();
+    let mut times = Vec::new();
+    if let Some(p) = scope.pair {
+        sql.push_str(" AND asset_id_base = ? AND asset_id_quote = ?");
+        texts.push(p.base.to_string());
+        texts.push(p.quote.to_string());
+    }
+    if let Some(t) = scope.since {
+        sql.push_str(" AND start_time >= ?");
+        times.push(t.naive_utc());
+    }
+    if let Some(t) = scope.until {
+        sql.push_str(" AND start_time < ?");
+        times.push(t.naive_utc());
+    }
+    (sql, texts, times)
+}
+
+/// The `stream_agg` rows of a scope.
+pub async fn stream(
+    pool: &MySqlPool,
+    scope: &Scope,
+) -> anyhow::Result<BTreeMap<Key, StreamWindow>> {
+    let (conditions, texts, times) = window_conditions(scope);
+    let sql = format!("SELECT {} FROM stream_agg{conditions}", stream_columns());
+    let mut q = sqlx::query_as::<_, StreamRow>(&sql);
+    for t in &texts {
+        q = q.bind(t);
+    }
+    for t in &times {
+        q = q.bind(t);
+    }
+    Ok(q.fetch_all(pool)
+        .await?
         .into_iter()
-        .map(|(b, q, s, n, sum, min, max, avg, is_final)| {
-            (
-                (b, q, s),
-                StreamWindow {
-                    agg: Agg {
-                        count: n,
-                        sum,
-                        min,
-                        max,
-                        avg,
-                    },
-                    is_final,
-                },
-            )
-        })
+        .map(stream_window)
         .collect())
 }
 
-/// `coin_update_count` rows: count and finality per window.
-pub async fn update_counts(pool: &MySqlPool) -> anyhow::Result<BTreeMap<Key, (i64, bool)>> {
+/// `coin_update_count` rows of a scope: count and finality per window.
+pub async fn update_counts(
+    pool: &MySqlPool,
+    scope: &Scope,
+) -> anyhow::Result<BTreeMap<Key, (i64, bool)>> {
+    let (conditions, texts, times) = window_conditions(scope);
     let sql = format!(
-        "SELECT asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, is_final FROM coin_update_count",
+        "SELECT asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, is_final FROM coin_update_count{conditions}",
         us("start_time")
     );
-    let rows: Vec<(String, String, i64, i64, bool)> = sqlx::query_as(&sql).fetch_all(pool).await?;
-    Ok(rows
+    let mut q = sqlx::query_as::<_, (String, String, i64, i64, bool)>(&sql);
+    for t in &texts {
+        q = q.bind(t);
+    }
+    for t in &times {
+        q = q.bind(t);
+    }
+    Ok(q.fetch_all(pool)
+        .await?
         .into_iter()
         .map(|(b, q, s, n, f)| ((b, q, s), (n, f)))
         .collect())
@@ -190,31 +177,37 @@ pub async fn services(pool: &MySqlPool) -> anyhow::Result<Vec<ServiceFigures>> {
     Ok(out)
 }
 
-/// Batch-side latency: the age of each raw update when this batch run saw it, plus the query time
-/// (p50, p95, p99, max in ms). `None` without data.
+/// Batch-side latency: the age of the raw updates when this batch run saw them, plus the query
+/// time (p50, p95, p99, max in ms); `None` without data. Ages are read at id quantiles (rows are
+/// inserted in the order they were received, near enough): four primary-key lookups, not a sort
+/// of the table.
 pub async fn batch_latency(
     pool: &MySqlPool,
     query_seconds: f64,
 ) -> anyhow::Result<Option<[f64; 4]>> {
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM raw_coin_data WHERE received_at IS NOT NULL")
+    let (lo, hi): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT MIN(id), MAX(id) FROM raw_coin_data")
             .fetch_one(pool)
             .await?;
-    if n == 0 {
+    let (Some(lo), Some(hi)) = (lo, hi) else {
         return Ok(None);
-    }
+    };
+    let sql = format!(
+        "SELECT CAST({} - {} AS DOUBLE) FROM raw_coin_data WHERE id >= ? AND received_at IS NOT NULL ORDER BY id LIMIT 1",
+        us("UTC_TIMESTAMP(6)"),
+        us("received_at")
+    );
     let mut out = [0.0; 4];
     for (i, q) in [0.5, 0.95, 0.99, 1.0].iter().enumerate() {
-        // The q-quantile of age is the (1 - q)-quantile of received_at.
-        let offset = (((1.0 - q) * (n - 1) as f64).round() as i64).max(0);
-        let age_us: f64 = sqlx::query_scalar(&format!(
-            "SELECT CAST({} - {} AS DOUBLE) FROM raw_coin_data WHERE received_at IS NOT NULL \
-             ORDER BY received_at ASC LIMIT 1 OFFSET {offset}",
-            us("UTC_TIMESTAMP(6)"),
-            us("received_at")
-        ))
-        .fetch_one(pool)
-        .await?;
+        // The q-quantile of age is the (1 - q)-quantile of the receive order.
+        let id = lo + ((1.0 - q) * (hi - lo) as f64).round() as i64;
+        let age_us: Option<f64> = sqlx::query_scalar(&sql)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        let Some(age_us) = age_us else {
+            return Ok(None);
+        };
         out[i] = age_us / 1000.0 + query_seconds * 1000.0;
     }
     Ok(Some(out))

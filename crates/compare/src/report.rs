@@ -1,7 +1,8 @@
 //! The comparison report and its renderings: a terminal table, JSON, Markdown, and one
-//! self-contained HTML file with inline SVG charts.
+//! self-contained HTML file whose charts are drawn by the dashboard's own chart script (inlined,
+//! with the report's data: the same charts as `compare serve`, offline).
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use chrono::{DateTime, Utc};
 use comfy_table::{presets::UTF8_FULL, Table};
@@ -9,15 +10,7 @@ use serde::Serialize;
 
 use common::window::WindowSpec;
 
-use crate::{accuracy::Accuracy, queries::ServiceFigures};
-
-/// Stream vs batch average rate of one window (for the chart).
-#[derive(Debug, Clone, Serialize)]
-pub struct AvgPoint {
-    pub start_us: i64,
-    pub stream: Option<f64>,
-    pub batch: f64,
-}
+use crate::{accuracy::Accuracy, queries::ServiceFigures, serve::assets, view::WindowView};
 
 /// Everything a run found.
 #[derive(Debug, Clone, Serialize)]
@@ -39,8 +32,8 @@ pub struct Report {
     /// The aggregator's latency histogram: [upper bound ms, updates].
     pub latency_histogram: Vec<(f64, u64)>,
     pub services: Vec<ServiceFigures>,
-    /// Per pair: stream vs batch average rate per window.
-    pub averages: Vec<(String, Vec<AvgPoint>)>,
+    /// Per pair (`BASE/QUOTE`): every window, both sides and its status.
+    pub windows: BTreeMap<String, Vec<WindowView>>,
 }
 
 fn fmt_lat(l: &Option<[f64; 4]>) -> String {
@@ -224,10 +217,10 @@ impl Report {
         out
     }
 
-    /// One self-contained HTML file: the summary, the services, a latency histogram and, per pair,
-    /// stream vs batch average rate per window, as inline SVG.
+    /// One self-contained HTML file: the summary and services as tables; the latency histogram
+    /// and a chart per pair drawn by the dashboard's chart script from the report's JSON.
     pub fn to_html(&self) -> String {
-        let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>coinstream: stream vs batch</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:960px}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.pass{color:#070}.fail{color:#b00}svg{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}</style></head><body>\n");
+        let mut out = format!("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>coinstream: stream vs batch</title>\n<script>{}</script><style>{}</style></head><body class=\"report\">\n", assets::ERRORS_JS, assets::STYLE);
         let verdict = if self.accuracy.passed {
             "<span class=\"pass\">PASS</span>"
         } else if self.accuracy.compared_nothing() {
@@ -250,13 +243,7 @@ impl Report {
         for f in &self.services {
             let _ = writeln!(out, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.1}</td></tr>", esc(&f.service), f.instances, f.events_in, f.events_out, f.events_per_second, f.cpu_seconds, f.peak_rss_mb);
         }
-        out.push_str("</table>\n<h2>Stream latency (producer received to result in MySQL)</h2>\n");
-        out.push_str(&histogram_svg(&self.latency_histogram));
-        out.push_str("<h2>Average rate per window: stream vs batch</h2>\n");
-        for (pair, points) in &self.averages {
-            let _ = writeln!(out, "<h3>{}</h3>", esc(pair));
-            out.push_str(&averages_svg(points));
-        }
+        out.push_str("</table>\n<h2>Stream latency: producer received to committed in MySQL</h2>\n<div id=\"latency\"></div>\n<h2>Windows per pair: stream vs batch</h2>\n<div id=\"charts\"></div>\n<noscript>The charts are drawn by JavaScript; the tables need none.</noscript>\n");
         if !self.accuracy.worst.is_empty() {
             out.push_str("<h2>Worst differences</h2><table><tr><th>pair</th><th>window start (UTC)</th><th>difference</th></tr>\n");
             for d in &self.accuracy.worst {
@@ -271,6 +258,24 @@ impl Report {
             }
             out.push_str("</table>\n");
         }
+        // The data as JSON inside a script element: `<` escaped so nothing can close it.
+        let data = serde_json::json!({
+            "spec": self.spec,
+            "windows": self.windows,
+            "latency_histogram": self.latency_histogram,
+        })
+        .to_string()
+        .replace('<', "\\u003c");
+        let _ = writeln!(
+            out,
+            "<script type=\"application/json\" id=\"report-data\">{data}</script>"
+        );
+        let _ = writeln!(
+            out,
+            "<script>{}</script>\n<script>{}</script>",
+            assets::CHART_JS,
+            assets::REPORT_JS
+        );
         out.push_str("</body></html>\n");
         out
     }
@@ -281,60 +286,4 @@ fn esc(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
-}
-
-/// Bar chart of the latency histogram.
-pub fn histogram_svg(buckets: &[(f64, u64)]) -> String {
-    let (w, h, pad) = (640.0, 240.0, 40.0);
-    let mut svg = format!("<svg class=\"latency-histogram\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"latency histogram\">");
-    let max = buckets.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
-    let n = buckets.len().max(1) as f64;
-    let bw = (w - 2.0 * pad) / n;
-    for (i, (upper, count)) in buckets.iter().enumerate() {
-        let bh = (h - 2.0 * pad) * (*count as f64) / max;
-        let x = pad + i as f64 * bw;
-        let _ = write!(svg, "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"#4a7\"><title>&lt;= {upper} ms: {count}</title></rect>", h - pad - bh, bw * 0.9);
-        let _ = write!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{upper}</text>",
-            x + bw * 0.45,
-            h - pad + 12.0
-        );
-    }
-    let _ = writeln!(svg, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">latency bucket, upper bound (ms)</text></svg>", w / 2.0, h - 8.0);
-    svg
-}
-
-/// Two lines per pair: stream and batch average rate per window.
-pub fn averages_svg(points: &[AvgPoint]) -> String {
-    let (w, h, pad) = (640.0, 200.0, 30.0);
-    let mut svg = format!("<svg class=\"averages\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"average rate per window\">");
-    if points.is_empty() {
-        svg.push_str("</svg>\n");
-        return svg;
-    }
-    let xs: Vec<i64> = points.iter().map(|p| p.start_us).collect();
-    let (x0, x1) = (xs[0] as f64, (*xs.last().unwrap_or(&xs[0])) as f64);
-    let vals = points
-        .iter()
-        .flat_map(|p| [Some(p.batch), p.stream])
-        .flatten();
-    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
-        (a.min(v), b.max(v))
-    });
-    let span_x = (x1 - x0).max(1.0);
-    let span_y = (hi - lo).max(f64::EPSILON);
-    let px = |x: i64| pad + (x as f64 - x0) / span_x * (w - 2.0 * pad);
-    let py = |y: f64| h - pad - (y - lo) / span_y * (h - 2.0 * pad);
-    let line = |pick: &dyn Fn(&AvgPoint) -> Option<f64>| {
-        points
-            .iter()
-            .filter_map(|p| pick(p).map(|v| format!("{:.1},{:.1}", px(p.start_us), py(v))))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let _ = write!(svg, "<polyline class=\"batch\" fill=\"none\" stroke=\"#c60\" stroke-width=\"3\" points=\"{}\"/>", line(&|p| Some(p.batch)));
-    let _ = write!(svg, "<polyline class=\"stream\" fill=\"none\" stroke=\"#36c\" stroke-width=\"1.5\" stroke-dasharray=\"4 2\" points=\"{}\"/>", line(&|p| p.stream));
-    let _ = writeln!(svg, "<text x=\"{pad}\" y=\"14\" font-size=\"11\">batch (orange) vs stream (blue dashed); {lo:.4} to {hi:.4}</text></svg>");
-    svg
 }

@@ -177,44 +177,40 @@ async fn check_tables_and_report(p: &Pipeline<'_>) {
     assert_eq!(runs, 1);
 }
 
-/// The HTML report: well-formed, with both charts.
+/// The HTML report: self-contained (chart script inlined, no external resource) with its data:
+/// every pair's windows, stream beside batch, and the latency histogram. (The browser test checks
+/// that the charts render.)
 fn check_html_report(p: &Pipeline<'_>, dir: &Path) {
     let html_path = dir.join("report.html");
     let out = p.compare(&["--format", "html", "--output", html_path.to_str().unwrap()]);
     assert!(out.status.success());
     let html = std::fs::read_to_string(&html_path).unwrap();
     let _ = std::fs::remove_file(&html_path);
-    let options = roxmltree::ParsingOptions {
-        allow_dtd: true,
-        ..Default::default()
-    };
-    let doc = roxmltree::Document::parse_with_options(&html, options)
-        .expect("the HTML report is well-formed");
-    let svgs: Vec<_> = doc
-        .descendants()
-        .filter(|n| n.has_tag_name("svg"))
-        .collect();
-    assert!(svgs
-        .iter()
-        .any(|n| n.attribute("class") == Some("latency-histogram")));
+    assert!(html.contains("CoinCharts"), "the chart script is inlined");
+    assert!(!html.contains("src=\"http"), "no external script");
+    let open = "<script type=\"application/json\" id=\"report-data\">";
+    let from = html.find(open).expect("report data") + open.len();
+    let to = from + html[from..].find("</script>").unwrap();
+    let data: serde_json::Value = serde_json::from_str(&html[from..to]).unwrap();
+    let windows = data["windows"].as_object().expect("windows by pair");
     assert!(
-        svgs.iter()
-            .filter(|n| n.attribute("class") == Some("averages"))
-            .count()
-            >= 4,
-        "one chart per pair"
+        windows.len() >= 4,
+        "one chart per pair: {:?}",
+        windows.keys()
     );
-    assert!(
-        doc.descendants().any(|n| n.has_tag_name("rect")),
-        "histogram bars"
-    );
-    assert!(
-        doc.descendants()
-            .filter(|n| n.has_tag_name("polyline"))
-            .count()
-            >= 8,
-        "stream and batch lines"
-    );
+    for (pair, list) in windows {
+        let list = list.as_array().unwrap();
+        assert!(!list.is_empty(), "{pair} has windows");
+        assert!(
+            list.iter().any(|w| w["status"] == "match"
+                && w["stream"].is_object()
+                && w["batch"].is_object()),
+            "{pair}: a window where stream and batch agree"
+        );
+    }
+    assert!(data["latency_histogram"]
+        .as_array()
+        .is_some_and(|h| !h.is_empty()));
 }
 
 /// A corrupted row fails the check and is named.

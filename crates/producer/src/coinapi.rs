@@ -294,15 +294,19 @@ impl CoinApiClient {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                metrics::counter!(m::COINAPI_REQUESTS, "status" => "error").increment(1);
+                m::COINAPI_REQUESTS.with_label_values(&["error"]).inc();
                 return (Outcome::Transient(describe(&e)), Quota::default());
             }
         };
         let status = response.status().as_u16();
-        metrics::counter!(m::COINAPI_REQUESTS, "status" => status.to_string()).increment(1);
+        m::COINAPI_REQUESTS
+            .with_label_values(&[status.to_string().as_str()])
+            .inc();
         let quota = Quota::from_headers(response.headers());
         if let Some(remaining) = quota.remaining {
-            metrics::gauge!(m::COINAPI_QUOTA_REMAINING).set(remaining as f64);
+            m::COINAPI_QUOTA_REMAINING
+                .with_label_values(m::NO_LABELS)
+                .set(remaining);
         }
         let body = match response.bytes().await {
             Ok(b) => b,

@@ -80,9 +80,15 @@ impl Reporter {
                 "{failing} messages wait to be re-sent after failed deliveries"
             ))
         });
-        metrics::counter!(m::UPDATES_PRODUCED).absolute(totals.produced);
-        metrics::counter!(m::DELIVERIES, "result" => "delivered").absolute(publisher.delivered());
-        metrics::counter!(m::DELIVERIES, "result" => "failed").absolute(publisher.failed());
+        m::set_total(&m::UPDATES_PRODUCED, totals.produced);
+        m::set_total(
+            &m::DELIVERIES.with_label_values(&["delivered"]),
+            publisher.delivered(),
+        );
+        m::set_total(
+            &m::DELIVERIES.with_label_values(&["failed"]),
+            publisher.failed(),
+        );
     }
 
     async fn report_async(&self, totals: &Totals, publisher: &Publisher, last: bool) {

@@ -109,14 +109,16 @@ impl Aggregator {
 
     /// Metrics after a flush: its duration and rows, and the running totals.
     fn export_metrics(&self, took: Duration, emitted: usize) {
-        metrics::histogram!(m::WRITE_DURATION).record(took.as_secs_f64());
-        metrics::counter!(m::ROWS_WRITTEN, "table" => "stream_agg").increment(emitted as u64);
-        metrics::counter!(m::WINDOWS_EMITTED).increment(emitted as u64);
+        m::WRITE_DURATION.observe(took.as_secs_f64());
+        m::ROWS_WRITTEN
+            .with_label_values(&["stream_agg"])
+            .inc_by(emitted as u64);
+        m::WINDOWS_EMITTED.inc_by(emitted as u64);
         let f = &self.stats.figures;
-        metrics::counter!(m::LATE_EVENTS, "applied" => "false").absolute(f.late);
-        metrics::counter!(m::LATE_EVENTS, "applied" => "true").absolute(f.partly_late);
-        metrics::counter!(m::DUPLICATES).absolute(f.duplicates);
-        metrics::counter!(m::DEAD_LETTERS).absolute(f.dead_letters);
+        m::set_total(&m::LATE_EVENTS.with_label_values(&["false"]), f.late);
+        m::set_total(&m::LATE_EVENTS.with_label_values(&["true"]), f.partly_late);
+        m::set_total(&m::DUPLICATES, f.duplicates);
+        m::set_total(&m::DEAD_LETTERS, f.dead_letters);
         let now = Utc::now().timestamp_micros();
         let lag = self
             .parts
@@ -126,7 +128,9 @@ impl Aggregator {
             .map(|w| (now - w) as f64 / 1e6)
             .reduce(f64::max);
         if let Some(lag) = lag {
-            metrics::gauge!(m::WATERMARK_LAG).set(lag);
+            m::WATERMARK_LAG
+                .with_label_values(&[self.offsets.topic()])
+                .set(lag);
         }
     }
 

@@ -629,17 +629,23 @@ impl<P: Processor> Runtime<'_, P> {
                 self.target.topic
             ))
         });
+        let topic = self.target.topic.as_str();
         for (p, mark) in &probe.partitions {
-            let labels = [
-                ("topic", self.target.topic.clone()),
-                ("partition", p.to_string()),
-            ];
-            metrics::gauge!(m::CONSUMER_LAG, &labels).set(mark.lag() as f64);
+            m::CONSUMER_LAG
+                .with_label_values(&[topic, &p.to_string()])
+                .set(mark.lag());
         }
-        let topic = [("topic", self.target.topic.clone())];
-        metrics::gauge!(m::PARTITIONS_HELD, &topic).set(held as f64);
-        metrics::counter!(m::MESSAGES_CONSUMED, &topic).absolute(self.figures.messages);
-        metrics::counter!(m::REJOINS, &topic).absolute(self.figures.rejoins);
+        m::PARTITIONS_HELD
+            .with_label_values(&[topic])
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        m::set_total(
+            &m::MESSAGES_CONSUMED.with_label_values(&[topic]),
+            self.figures.messages,
+        );
+        m::set_total(
+            &m::REJOINS.with_label_values(&[topic]),
+            self.figures.rejoins,
+        );
     }
 
     async fn on_probe(&mut self, consumer: &GroupConsumer, probe: Probe) -> anyhow::Result<Flow> {

@@ -1,0 +1,145 @@
+//! `compare serve`: the live dashboard. A web page and JSON API over the MySQL tables, read-only
+//! (a user with `SELECT` suffices; nothing is migrated or written).
+//!
+//! - [`poll`]: one task reads what changed (index and primary-key ranges, never a full scan per
+//!   tick), recomputes the batch side of exactly those windows, and pushes their new views;
+//! - [`live`]: both sides of every window in scope, in memory;
+//! - [`pipeline`]: the services' latest statistics, for the pipeline panel;
+//! - [`api`]: the page, `/events` (Server-Sent Events), `/api/*`, `/healthz`;
+//! - [`assets`]: the page's files, embedded in the binary.
+
+pub mod api;
+pub mod assets;
+pub mod live;
+pub mod pipeline;
+pub mod poll;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use clap::Args;
+use common::config::{parse_duration, ConfigError, MySqlArgs, TelemetryArgs};
+use tokio::sync::{broadcast, RwLock};
+
+use crate::{accuracy::Accuracy, batch::Scope, SourceArgs};
+
+/// Settings of `compare serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address the dashboard listens on.
+    #[arg(
+        long = "listen",
+        env = "COMPARE_LISTEN",
+        value_name = "COMPARE_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+    /// How often the tables are read for changes.
+    #[arg(long = "poll-interval", env = "COMPARE_POLL_INTERVAL", value_name = "COMPARE_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub mysql: MySqlArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// The database as the poller last found it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DbStatus {
+    pub up: bool,
+    /// Why not, when down (never a password: errors name host and database only).
+    pub error: Option<String>,
+    /// The last successful read, µs since the epoch.
+    pub last_ok_us: Option<i64>,
+}
+
+/// What the poller keeps and the handlers read.
+#[derive(Debug)]
+pub struct State {
+    pub group: String,
+    pub scope: Scope,
+    pub live: Option<live::Live>,
+    /// Why there is no live state yet (e.g. no window spec recorded).
+    pub waiting: Option<String>,
+    pub pipeline: pipeline::Pipeline,
+    pub db: DbStatus,
+    pub accuracy: Accuracy,
+    /// The first full batch computation: its duration and the raw rows it read.
+    pub batch_seconds: f64,
+    pub raw_rows: i64,
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: &'static str,
+    pub data: String,
+}
+
+/// Shared between the poller and the handlers.
+#[derive(Debug)]
+pub struct Shared {
+    pub state: RwLock<State>,
+    pub events: broadcast::Sender<Event>,
+    pub pool: sqlx::MySqlPool,
+    pub settings: ServeSettings,
+    /// Ends the event streams at shutdown (open streams would hold the server).
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The JSON report, built at most every few seconds.
+    pub report: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+/// Serves until shutdown.
+pub async fn run(settings: ServeSettings, ctx: common::Context) -> anyhow::Result<()> {
+    let opts = settings.mysql.connect_options()?;
+    let target = settings.mysql.describe();
+    // A read waits at most 3 s for a connection: the page hears soon that the database is gone.
+    let pool = common::db::connect_with_acquire_timeout(
+        opts,
+        &target,
+        settings.mysql.pool_size,
+        settings.mysql.connect_timeout,
+        std::time::Duration::from_secs(3),
+    )
+    .await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| {
+            ConfigError::new(
+                "COMPARE_LISTEN",
+                format!("cannot listen on {}: {e}", settings.listen),
+            )
+        })?;
+    let (events, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        state: RwLock::new(State {
+            group: settings.source.group.clone(),
+            scope: settings.source.scope(),
+            live: None,
+            waiting: Some("starting".into()),
+            pipeline: pipeline::Pipeline::default(),
+            db: DbStatus {
+                up: true,
+                error: None,
+                last_ok_us: None,
+            },
+            accuracy: Accuracy::default(),
+            batch_seconds: 0.0,
+            raw_rows: 0,
+        }),
+        events,
+        pool,
+        settings: settings.clone(),
+        shutdown: ctx.shutdown.clone(),
+        report: tokio::sync::Mutex::new(None),
+    });
+    tracing::info!(listen = %settings.listen, group = %settings.source.group, "serving the dashboard");
+    let poller = tokio::spawn(poll::run(shared.clone(), ctx.shutdown.clone()));
+    let app = api::router(shared.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
+        .await?;
+    poller.abort();
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The pipeline panel: per service, its instances' latest statistics rows (read by id, a
+//! primary-key range), recent throughput, lag, latency, late events, dead letters, and when it was
+//! last seen (stale when its rows stopped coming).
+
+use std::collections::BTreeMap;
+
+use common::stats::{Details, LatencyFigures};
+use serde::Serialize;
+use sqlx::MySqlPool;
+
+use crate::batch::us;
+
+/// One `service_stats` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsRow {
+    pub id: i64,
+    pub service: String,
+    pub instance: String,
+    pub recorded_us: i64,
+    pub events_in: i64,
+    pub dead_letters: i64,
+    pub late_events: i64,
+    pub consumer_lag: Option<i64>,
+    pub cpu_seconds: f64,
+    pub peak_rss_bytes: i64,
+    pub details: Details,
+}
+
+/// One service on the panel.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServicePanel {
+    pub service: String,
+    /// Instances whose rows still come.
+    pub instances: usize,
+    pub events_in: i64,
+    /// Between each live instance's last two rows, summed.
+    pub events_per_second: f64,
+    pub lag: Option<i64>,
+    pub late_events: i64,
+    pub dead_letters: i64,
+    pub last_seen_us: i64,
+    pub seconds_since_seen: f64,
+    /// No row for three of its statistics intervals.
+    pub stale: bool,
+    pub cpu_seconds: f64,
+    pub peak_rss_mb: f64,
+    /// The aggregator's end-to-end latency (its latest instance).
+    pub latency: Option<LatencyFigures>,
+}
+
+/// The latest two rows of every instance seen in the last hour.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    /// Last id read.
+    pub cursor: i64,
+    instances: BTreeMap<String, (Option<StatsRow>, StatsRow)>,
+}
+
+/// Rows kept in view at start (the latest of them per instance).
+const START_ROWS: i64 = 5_000;
+/// Instances not seen for this long are dropped from the panel.
+const FORGET_US: i64 = 3_600_000_000;
+/// Statistics interval assumed before an instance's second row.
+const DEFAULT_INTERVAL_US: i64 = 10_000_000;
+
+impl Pipeline {
+    pub fn add(&mut self, row: StatsRow) {
+        self.cursor = self.cursor.max(row.id);
+        match self.instances.get_mut(&row.instance) {
+            Some((prev, last)) if row.id > last.id => {
+                *prev = Some(std::mem::replace(last, row));
+            }
+            Some(_) => {}
+            None => {
+                self.instances.insert(row.instance.clone(), (None, row));
+            }
+        }
+    }
+
+    /// The panel at `now_us` (the database's clock, like the rows').
+    pub fn panel(&mut self, now_us: i64) -> Vec<ServicePanel> {
+        self.instances
+            .retain(|_, (_, last)| now_us - last.recorded_us < FORGET_US);
+        let mut by: BTreeMap<&str, Vec<Seen>> = BTreeMap::new();
+        for (prev, last) in self.instances.values() {
+            let interval = prev
+                .as_ref()
+                .map_or(DEFAULT_INTERVAL_US, |p| last.recorded_us - p.recorded_us)
+                .max(1_000_000);
+            let stale = now_us - last.recorded_us > 3 * interval + 5_000_000;
+            by.entry(last.service.as_str())
+                .or_default()
+                .push((prev, last, stale));
+        }
+        by.into_iter()
+            .map(|(service, rows)| {
+                let live: Vec<_> = rows.iter().filter(|(_, _, stale)| !stale).collect();
+                // Figures of the live instances; of all when none is (the last known).
+                let shown: Vec<_> = if live.is_empty() {
+                    rows.iter().collect()
+                } else {
+                    live.clone()
+                };
+                let last_seen_us = rows
+                    .iter()
+                    .map(|(_, l, _)| l.recorded_us)
+                    .max()
+                    .unwrap_or(0);
+                let rate = |(prev, last, _): &&(&Option<StatsRow>, &StatsRow, bool)| {
+                    prev.as_ref().map_or(0.0, |p| {
+                        let dt = (last.recorded_us - p.recorded_us) as f64 / 1e6;
+                        if dt > 0.0 {
+                            (last.events_in - p.events_in).max(0) as f64 / dt
+                        } else {
+                            0.0
+                        }
+                    })
+                };
+                let lags: Vec<i64> = shown
+                    .iter()
+                    .filter_map(|(_, l, _)| l.consumer_lag)
+                    .collect();
+                ServicePanel {
+                    service: service.to_owned(),
+                    instances: live.len(),
+                    events_in: shown.iter().map(|(_, l, _)| l.events_in).sum(),
+                    events_per_second: live.iter().map(rate).sum::<f64>() + 0.0,
+                    lag: (!lags.is_empty()).then(|| lags.iter().sum()),
+                    late_events: shown.iter().map(|(_, l, _)| l.late_events).sum(),
+                    dead_letters: shown.iter().map(|(_, l, _)| l.dead_letters).sum(),
+                    last_seen_us,
+                    seconds_since_seen: (now_us - last_seen_us).max(0) as f64 / 1e6,
+                    stale: live.is_empty(),
+                    cpu_seconds: shown.iter().map(|(_, l, _)| l.cpu_seconds).sum(),
+                    peak_rss_mb: shown
+                        .iter()
+                        .map(|(_, l, _)| l.peak_rss_bytes as f64 / 1_048_576.0)
+                        .fold(0.0, f64::max),
+                    latency: shown
+                        .iter()
+                        .max_by_key(|(_, l, _)| l.recorded_us)
+                        .and_then(|(_, l, _)| l.details.aggregator.as_ref())
+                        .map(|a| a.latency.clone())
+                        .filter(|l| l.samples > 0),
+                }
+            })
+            .collect()
+    }
+}
+
+/// An instance's previous and last rows, and whether it is stale.
+type Seen<'a> = (&'a Option<StatsRow>, &'a StatsRow, bool);
+
+type Row = (
+    i64,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+    f64,
+    i64,
+    Option<String>,
+);
+
+/// Rows after `pipeline.cursor` (at start: the latest few thousand), and the database's clock.
+pub async fn read(pool: &MySqlPool, pipeline: &Pipeline) -> anyhow::Result<(Vec<StatsRow>, i64)> {
+    let now_us: i64 = sqlx::query_scalar(&format!(
+        "SELECT CAST({} AS SIGNED)",
+        us("UTC_TIMESTAMP(6)")
+    ))
+    .fetch_one(pool)
+    .await?;
+    let after = if pipeline.cursor > 0 {
+        pipeline.cursor
+    } else {
+        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM service_stats")
+            .fetch_one(pool)
+            .await?;
+        max.unwrap_or(0) - START_ROWS
+    };
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT id, service, instance, CAST({} AS SIGNED), events_in, dead_letters, late_events, consumer_lag, \
+                cpu_seconds, peak_rss_bytes, details \
+         FROM service_stats WHERE id > ? ORDER BY id LIMIT 10000",
+        us("recorded_at")
+    ))
+    .bind(after)
+    .fetch_all(pool)
+    .await?;
+    Ok((
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    service,
+                    instance,
+                    recorded_us,
+                    events_in,
+                    dead_letters,
+                    late_events,
+                    consumer_lag,
+                    cpu_seconds,
+                    peak_rss_bytes,
+                    details,
+                )| StatsRow {
+                    id,
+                    service,
+                    instance,
+                    recorded_us,
+                    events_in,
+                    dead_letters,
+                    late_events,
+                    consumer_lag,
+                    cpu_seconds,
+                    peak_rss_bytes,
+                    details: details
+                        .as_deref()
+                        .map(Details::from_json)
+                        .unwrap_or_default(),
+                },
+            )
+            .collect(),
+        now_us,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, service: &str, instance: &str, t_s: i64, events: i64) -> StatsRow {
+        StatsRow {
+            id,
+            service: service.into(),
+            instance: instance.into(),
+            recorded_us: t_s * 1_000_000,
+            events_in: events,
+            dead_letters: 1,
+            late_events: 0,
+            consumer_lag: Some(5),
+            cpu_seconds: 1.0,
+            peak_rss_bytes: 10 << 20,
+            details: Details::default(),
+        }
+    }
+
+    #[test]
+    fn rates_instances_and_staleness() {
+        let mut p = Pipeline::default();
+        p.add(row(1, "raw-consumer", "a", 100, 0));
+        p.add(row(2, "raw-consumer", "b", 100, 0));
+        p.add(row(3, "raw-consumer", "a", 110, 1000));
+        p.add(row(4, "raw-consumer", "b", 110, 500));
+        p.add(row(5, "producer", "c", 50, 10));
+        p.add(row(3, "raw-consumer", "a", 110, 1000)); // read again: ignored
+        let panel = p.panel(112_000_000);
+        let raw = panel.iter().find(|s| s.service == "raw-consumer").unwrap();
+        assert_eq!(raw.instances, 2);
+        assert!((raw.events_per_second - 150.0).abs() < 1e-9, "{raw:?}");
+        assert_eq!(
+            (raw.lag, raw.dead_letters, raw.events_in),
+            (Some(10), 2, 1500)
+        );
+        assert!(!raw.stale);
+        let producer = panel.iter().find(|s| s.service == "producer").unwrap();
+        assert!(
+            producer.stale,
+            "one row 62 s ago, interval unknown (10 s): stale"
+        );
+        assert_eq!(producer.instances, 0);
+        assert_eq!(producer.events_in, 10, "the last known figures stay shown");
+        assert_eq!(p.cursor, 5);
+        // An hour later everything is forgotten.
+        assert!(p.panel(112_000_000 + FORGET_US).is_empty());
+    }
+}

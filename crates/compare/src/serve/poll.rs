@@ -1,0 +1,502 @@
+//! The poller: reads what changed since the last tick and pushes it.
+//!
+//! - `stream_agg` by `updated_at` (its index), re-reading a margin so that a transaction that
+//!   committed after a later one is not missed; rows that did not change are dropped by [`Live`];
+//! - `raw_coin_data` and `late_events` by id (primary key) with the same margin: each new row marks
+//!   its pair's slide bucket, and the windows over marked buckets are recomputed by range scans;
+//! - a stream window that changed and does not match its batch side is recomputed too;
+//! - `service_stats` by id, for the pipeline panel, every second.
+//!
+//! A failed read marks the database down (pushed to the page), and the poller retries with backoff.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use common::{backoff::Backoff, window::WindowSpec};
+use sqlx::MySqlPool;
+use tokio_util::sync::CancellationToken;
+
+use super::{live::Live, pipeline, Event, Shared};
+use crate::{
+    accuracy::{Key, Status},
+    batch::{self, us, Scope},
+    queries::{self, StreamRow},
+};
+
+/// How far back each tick reads again (transactions commit out of order).
+const MARGIN: Duration = Duration::from_secs(10);
+/// At most this many ids are read again per tick (a bulk load does not make every tick reread it).
+const MAX_REREAD: i64 = 20_000;
+/// New raw rows read per tick.
+const RAW_BATCH: i64 = 50_000;
+/// Views per `windows` event.
+const EVENT_CHUNK: usize = 2_000;
+/// A `stream_agg` row and its `updated_at`.
+type ChangedRow = (
+    String,
+    String,
+    i64,
+    i64,
+    f64,
+    f64,
+    f64,
+    f64,
+    bool,
+    NaiveDateTime,
+);
+
+/// Ids read so far, with what was read within the margin.
+#[derive(Debug, Default)]
+struct IdCursor {
+    seen: i64,
+    recent: BTreeSet<i64>,
+    /// (when, `seen` then): the floor to read again from is `seen` as of [`MARGIN`] ago.
+    history: VecDeque<(Instant, i64)>,
+    floor: i64,
+}
+
+impl IdCursor {
+    fn start(seen: i64) -> Self {
+        IdCursor {
+            seen,
+            floor: seen,
+            ..Default::default()
+        }
+    }
+
+    /// Where this tick reads from.
+    fn from(&mut self, now: Instant) -> i64 {
+        while let Some((t, s)) = self.history.front() {
+            if now.duration_since(*t) < MARGIN {
+                break;
+            }
+            self.floor = *s;
+            self.history.pop_front();
+        }
+        self.floor = self.floor.max(self.seen - MAX_REREAD);
+        let floor = self.floor;
+        self.recent = self.recent.split_off(&(floor + 1));
+        floor
+    }
+
+    /// Whether `id` is new (not read before), recording it.
+    fn fresh(&mut self, id: i64) -> bool {
+        self.seen = self.seen.max(id);
+        self.recent.insert(id)
+    }
+
+    fn tick_done(&mut self, now: Instant) {
+        self.history.push_back((now, self.seen));
+    }
+}
+
+/// The poller's own state beside [`Shared`].
+#[derive(Debug)]
+struct Poller {
+    shared: Arc<Shared>,
+    spec: Option<WindowSpec>,
+    stream_hw: Option<NaiveDateTime>,
+    raw: IdCursor,
+    late: IdCursor,
+    last_pipeline: Option<Instant>,
+}
+
+/// Runs until shutdown.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let interval = shared.settings.poll_interval;
+    let mut poller = Poller {
+        shared: shared.clone(),
+        spec: None,
+        stream_hw: None,
+        raw: IdCursor::default(),
+        late: IdCursor::default(),
+        last_pipeline: None,
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut down = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match poller.tick().await {
+            Ok(()) => {
+                backoff.reset();
+                let now = Utc::now().timestamp_micros();
+                let mut state = shared.state.write().await;
+                state.db.last_ok_us = Some(now);
+                if down {
+                    down = false;
+                    state.db.up = true;
+                    state.db.error = None;
+                    tracing::info!("the database answers again");
+                    drop(state);
+                    poller.status().await;
+                }
+            }
+            Err(e) => {
+                let error = format!("{e:#}");
+                let delay = backoff.next_delay();
+                tracing::warn!(error, retry_in = ?delay, "reading the tables failed");
+                {
+                    let mut state = shared.state.write().await;
+                    state.db.up = false;
+                    state.db.error = Some(error);
+                }
+                down = true;
+                poller.status().await;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+impl Poller {
+    fn pool(&self) -> &MySqlPool {
+        &self.shared.pool
+    }
+
+    fn send(&self, name: &'static str, data: String) {
+        // No receiver (no page open) is fine.
+        let _ = self.shared.events.send(Event { name, data });
+    }
+
+    /// Pushes the database status and what the dashboard waits for.
+    async fn status(&self) {
+        let state = self.shared.state.read().await;
+        let data = serde_json::json!({ "db": state.db, "waiting": state.waiting }).to_string();
+        drop(state);
+        self.send("status", data);
+    }
+
+    async fn tick(&mut self) -> anyhow::Result<()> {
+        if self.spec.is_none() {
+            self.start().await?;
+        } else {
+            self.changes().await?;
+        }
+        if self
+            .last_pipeline
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.last_pipeline = Some(Instant::now());
+            self.pipeline().await?;
+        }
+        Ok(())
+    }
+
+    /// The window spec, then everything in scope read once.
+    async fn start(&mut self) -> anyhow::Result<()> {
+        let source = &self.shared.settings.source;
+        let Some(spec) = source.spec(self.pool()).await? else {
+            let waiting = format!(
+                "no window spec recorded for aggregator group {:?} yet: is the stream aggregator running with --group {:?}?",
+                source.group, source.group
+            );
+            let mut state = self.shared.state.write().await;
+            if state.waiting.as_deref() != Some(waiting.as_str()) {
+                state.waiting = Some(waiting);
+                drop(state);
+                self.status().await;
+            }
+            return Ok(());
+        };
+        {
+            let mut state = self.shared.state.write().await;
+            state.waiting = Some("computing the batch side".into());
+        }
+        self.status().await;
+        let pool = self.pool().clone();
+        let scope = source.scope();
+        let (raw_max, late_max, hw): (Option<i64>, Option<i64>, Option<NaiveDateTime>) =
+            sqlx::query_as(
+                "SELECT (SELECT MAX(id) FROM raw_coin_data), (SELECT MAX(id) FROM late_events), \
+                        (SELECT MAX(updated_at) FROM stream_agg)",
+            )
+            .fetch_one(&pool)
+            .await?;
+        let started = Instant::now();
+        let batch = batch::compute(&pool, spec, &source.group, &scope).await?;
+        let stream = queries::stream(&pool, &scope).await?;
+        tracing::info!(
+            windows = batch.windows.len(),
+            raw_rows = batch.raw_rows,
+            stream_windows = stream.len(),
+            took = ?started.elapsed(),
+            "both sides read"
+        );
+        self.raw = IdCursor::start(raw_max.unwrap_or(0));
+        self.late = IdCursor::start(late_max.unwrap_or(0));
+        self.stream_hw = hw;
+        self.spec = Some(spec);
+        let live = Live::new(spec, stream, batch.windows);
+        {
+            let mut state = self.shared.state.write().await;
+            state.accuracy = live.accuracy();
+            state.live = Some(live);
+            state.waiting = None;
+            state.batch_seconds = batch.seconds;
+            state.raw_rows = batch.raw_rows;
+        }
+        self.status().await;
+        self.send("resync", "{}".into());
+        Ok(())
+    }
+
+    /// One tick's changes, applied and pushed.
+    async fn changes(&mut self) -> anyhow::Result<()> {
+        let Some(spec) = self.spec else {
+            return Ok(());
+        };
+        let scope = self.shared.settings.source.scope();
+        let now = Instant::now();
+        let stream_rows = self.stream_changes(&scope).await?;
+        let mut dirty = self.raw_changes(spec, now).await?;
+        dirty.extend(self.late_changes(spec, now).await?);
+        let mut state = self.shared.state.write().await;
+        let Some(live) = state.live.as_mut() else {
+            return Ok(());
+        };
+        let mut changed = live.apply_stream(stream_rows);
+        // A changed stream window that does not match is read again on the batch side.
+        for k in &changed {
+            if live.view(k).status != Status::Match {
+                dirty.insert((
+                    k.0.clone(),
+                    k.1.clone(),
+                    k.2.div_euclid(spec.slide_us) + spec.windows_per_event() - 1,
+                ));
+            }
+        }
+        drop(state);
+        let ranges = dirty_ranges(spec, &scope, &dirty);
+        let mut recomputed = Vec::with_capacity(ranges.len());
+        for range in &ranges {
+            let b = batch::compute(self.pool(), spec, &self.shared.settings.source.group, range)
+                .await?;
+            recomputed.push((range, b.windows));
+        }
+        let mut state = self.shared.state.write().await;
+        let Some(live) = state.live.as_mut() else {
+            return Ok(());
+        };
+        for (range, windows) in recomputed {
+            changed.extend(live.apply_batch(range, windows));
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let views: Vec<_> = changed.iter().map(|k| live.view(k)).collect();
+        let accuracy = live.accuracy();
+        let summary_changed = state.accuracy != accuracy;
+        state.accuracy = accuracy;
+        let summary = serde_json::to_string(&state.accuracy)?;
+        drop(state);
+        for chunk in views.chunks(EVENT_CHUNK) {
+            self.send("windows", serde_json::to_string(chunk)?);
+        }
+        if summary_changed {
+            self.send("summary", summary);
+        }
+        Ok(())
+    }
+
+    /// `stream_agg` rows changed since the high-water mark less the margin, in scope.
+    async fn stream_changes(
+        &mut self,
+        scope: &Scope,
+    ) -> anyhow::Result<Vec<(Key, crate::accuracy::StreamWindow)>> {
+        let margin = chrono::Duration::from_std(MARGIN)?;
+        let from = self
+            .stream_hw
+            .map_or(chrono::DateTime::UNIX_EPOCH.naive_utc(), |hw| hw - margin);
+        let rows: Vec<ChangedRow> = sqlx::query_as(&format!(
+            "SELECT {}, updated_at FROM stream_agg WHERE updated_at >= ?",
+            queries::stream_columns()
+        ))
+        .bind(from)
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (b, q, s, n, sum, min, max, avg, f, updated) in rows {
+            self.stream_hw = Some(self.stream_hw.map_or(updated, |hw| hw.max(updated)));
+            if scope.contains(&b, &q, s) {
+                let row: StreamRow = (b, q, s, n, sum, min, max, avg, f);
+                out.push(queries::stream_window(row));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Slide buckets with new raw rows.
+    async fn raw_changes(
+        &mut self,
+        spec: WindowSpec,
+        now: Instant,
+    ) -> anyhow::Result<BTreeSet<Key>> {
+        let from = self.raw.from(now);
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(&format!(
+            "SELECT id, asset_id_base, asset_id_quote, CAST({} DIV {} AS SIGNED) FROM raw_coin_data \
+             WHERE id > ? AND id <= ? ORDER BY id",
+            us("`time`"),
+            spec.slide_us
+        ))
+        .bind(from)
+        .bind(self.raw.seen.max(from) + RAW_BATCH)
+        .fetch_all(self.pool())
+        .await?;
+        let mut dirty = BTreeSet::new();
+        for (id, b, q, bucket) in rows {
+            if self.raw.fresh(id) {
+                dirty.insert((b, q, bucket));
+            }
+        }
+        self.raw.tick_done(now);
+        Ok(dirty)
+    }
+
+    /// Slide buckets of new late events.
+    async fn late_changes(
+        &mut self,
+        spec: WindowSpec,
+        now: Instant,
+    ) -> anyhow::Result<BTreeSet<Key>> {
+        let from = self.late.from(now);
+        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(&format!(
+            "SELECT id, asset_id_base, asset_id_quote, CAST({} DIV {} AS SIGNED) FROM late_events \
+             WHERE id > ? AND consumer_group = ? ORDER BY id LIMIT 10000",
+            us("`time`"),
+            spec.slide_us
+        ))
+        .bind(from)
+        .bind(&self.shared.settings.source.group)
+        .fetch_all(self.pool())
+        .await?;
+        let mut dirty = BTreeSet::new();
+        for (id, b, q, bucket) in rows {
+            if self.late.fresh(id) {
+                dirty.insert((b, q, bucket));
+            }
+        }
+        self.late.tick_done(now);
+        Ok(dirty)
+    }
+
+    /// The services' statistics, pushed as the panel.
+    async fn pipeline(&mut self) -> anyhow::Result<()> {
+        let mut state = self.shared.state.write().await;
+        let (rows, now_us) = pipeline::read(self.pool(), &state.pipeline).await?;
+        for r in rows {
+            state.pipeline.add(r);
+        }
+        let panel = state.pipeline.panel(now_us);
+        drop(state);
+        let data = serde_json::json!({ "now_us": now_us, "services": panel }).to_string();
+        self.send("pipeline", data);
+        Ok(())
+    }
+}
+
+/// The window ranges to recompute for marked slide buckets `(base, quote, bucket)`: per pair, the
+/// starts of every window over a marked bucket, merged where they touch, within the scope.
+pub fn dirty_ranges(spec: WindowSpec, scope: &Scope, dirty: &BTreeSet<Key>) -> Vec<Scope> {
+    let k = spec.windows_per_event();
+    let mut by_pair: BTreeMap<(&str, &str), Vec<(i64, i64)>> = BTreeMap::new();
+    for (b, q, bucket) in dirty {
+        // Windows over bucket n start at (n - k + 1) .. n slides.
+        let first = (bucket - k + 1) * spec.slide_us;
+        let last = bucket * spec.slide_us;
+        let ranges = by_pair.entry((b.as_str(), q.as_str())).or_default();
+        match ranges.last_mut() {
+            Some((_, end)) if first <= *end + spec.slide_us => *end = (*end).max(last),
+            _ => ranges.push((first, last)),
+        }
+    }
+    let mut out = Vec::new();
+    for ((b, q), ranges) in by_pair {
+        let Ok(pair) = format!("{b}/{q}").parse() else {
+            continue;
+        };
+        for (first, last) in ranges {
+            let mut since = DateTime::<Utc>::from_timestamp_micros(first);
+            let mut until = DateTime::<Utc>::from_timestamp_micros(last + 1);
+            if let (Some(s), Some(lo)) = (scope.since, since) {
+                since = Some(s.max(lo));
+            }
+            if let (Some(u), Some(hi)) = (scope.until, until) {
+                until = Some(u.min(hi));
+            }
+            if scope.pair.is_some_and(|p| p != pair) || since >= until {
+                continue;
+            }
+            out.push(Scope {
+                pair: Some(pair),
+                since,
+                until,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marked_buckets_become_merged_window_ranges() {
+        let spec = WindowSpec::sliding(30, 10);
+        let b = |n: i64| ("BTC".to_string(), "USD".to_string(), n);
+        let dirty = BTreeSet::from([b(5), b(6), b(20), ("ETH".into(), "USD".into(), 1)]);
+        let ranges = dirty_ranges(spec, &Scope::default(), &dirty);
+        let got: Vec<(String, i64, i64)> = ranges
+            .iter()
+            .map(|s| {
+                (
+                    s.pair.unwrap().to_string(),
+                    s.since.unwrap().timestamp_micros(),
+                    s.until.unwrap().timestamp_micros(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("BTC/USD".into(), 30, 61),
+                ("BTC/USD".into(), 180, 201),
+                ("ETH/USD".into(), -10, 11)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_id_cursor_reads_a_margin_again_and_reports_each_id_once() {
+        let t0 = Instant::now();
+        let mut c = IdCursor::start(100);
+        assert_eq!(c.from(t0), 100);
+        assert!(c.fresh(102) && !c.fresh(102));
+        c.tick_done(t0);
+        // Within the margin the floor stays: 101 commits late and is still found.
+        assert_eq!(c.from(t0 + Duration::from_secs(1)), 100);
+        assert!(c.fresh(101) && !c.fresh(102));
+        c.tick_done(t0 + Duration::from_secs(1));
+        // After the margin the floor moves up to what had been seen then.
+        assert_eq!(c.from(t0 + MARGIN + Duration::from_secs(1)), 102);
+        // A bulk load does not make every tick read it all again.
+        assert!(c.fresh(1_000_000));
+        c.tick_done(t0 + MARGIN + Duration::from_secs(2));
+        assert_eq!(
+            c.from(t0 + MARGIN + Duration::from_secs(3)),
+            1_000_000 - MAX_REREAD
+        );
+    }
+}

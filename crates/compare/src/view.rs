@@ -1,0 +1,138 @@
+//! What the charts show: per pair, every window with both sides and where it stands (pure).
+//! The same shape feeds the live page (`/api/windows`, `/events`) and the HTML report.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::accuracy::{classify, latest_final, Agg, Key, Status, StreamWindow};
+
+/// One window of one pair, both sides.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowView {
+    pub pair: String,
+    /// Window start and end, µs since the epoch (UTC).
+    pub start_us: i64,
+    pub end_us: i64,
+    pub stream: Option<Agg>,
+    /// The stream window is final (the watermark passed its end).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub batch: Option<Agg>,
+    pub status: Status,
+    /// What differs, when the status is a difference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub what: Option<String>,
+}
+
+/// The view of one window.
+pub fn window(
+    key: &Key,
+    size_us: i64,
+    stream: Option<&StreamWindow>,
+    batch: Option<&Agg>,
+    later_final: bool,
+) -> WindowView {
+    let (status, what) = classify(stream, batch, later_final);
+    WindowView {
+        pair: format!("{}/{}", key.0, key.1),
+        start_us: key.2,
+        end_us: key.2 + size_us,
+        stream: stream.map(|w| w.agg),
+        is_final: stream.is_some_and(|w| w.is_final),
+        batch: batch.copied(),
+        status,
+        what: what.map(|(w, _)| w),
+    }
+}
+
+/// Every window of both sides, per pair (`BASE/QUOTE`), in time order.
+pub fn by_pair(
+    size_us: i64,
+    stream: &BTreeMap<Key, StreamWindow>,
+    batch: &BTreeMap<Key, Agg>,
+) -> BTreeMap<String, Vec<WindowView>> {
+    let latest = latest_final(stream);
+    let mut keys: Vec<&Key> = stream.keys().chain(batch.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out: BTreeMap<String, Vec<WindowView>> = BTreeMap::new();
+    for k in keys {
+        let later_final = latest
+            .get(&(k.0.as_str(), k.1.as_str()))
+            .is_some_and(|s| *s > k.2);
+        let v = window(k, size_us, stream.get(k), batch.get(k), later_final);
+        out.entry(v.pair.clone()).or_default().push(v);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agg(count: i64, v: f64) -> Agg {
+        Agg {
+            count,
+            sum: v * count as f64,
+            min: v,
+            max: v,
+            avg: v,
+        }
+    }
+
+    #[test]
+    fn every_window_of_both_sides_with_its_status() {
+        let k = |s: i64| ("BTC".to_string(), "USD".to_string(), s);
+        let stream = BTreeMap::from([
+            (
+                k(0),
+                StreamWindow {
+                    agg: agg(2, 1.0),
+                    is_final: true,
+                },
+            ),
+            (
+                k(120),
+                StreamWindow {
+                    agg: agg(3, 1.0),
+                    is_final: true,
+                },
+            ),
+            (
+                k(180),
+                StreamWindow {
+                    agg: agg(1, 1.0),
+                    is_final: false,
+                },
+            ),
+        ]);
+        let batch = BTreeMap::from([
+            (k(0), agg(2, 1.0)),
+            (k(60), agg(1, 1.0)),
+            (k(120), agg(4, 1.0)),
+            (k(180), agg(2, 1.0)),
+            (k(240), agg(1, 1.0)),
+        ]);
+        let views = by_pair(60, &stream, &batch);
+        let got: Vec<(i64, Status)> = views["BTC/USD"]
+            .iter()
+            .map(|v| (v.start_us, v.status))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, Status::Match),
+                (60, Status::Missing),
+                (120, Status::Differs),
+                (180, Status::Open),
+                (240, Status::Pending)
+            ]
+        );
+        assert_eq!(
+            views["BTC/USD"][2].what.as_deref(),
+            Some("count 3 vs 4, sum 3 vs 4")
+        );
+        assert_eq!(views["BTC/USD"][0].end_us, 60);
+    }
+}

@@ -1,0 +1,498 @@
+//! `compare serve` in a real browser: Debian's Chromium, driven through ChromeDriver (WebDriver,
+//! by fantoccini), over a pipeline running on the real broker and MariaDB.
+//!
+//! The page loads without a console error and draws a chart per pair; windows the running
+//! aggregator writes appear on the page within 2 s; a window made to differ from batch is marked;
+//! the pair selector shows one chart; the database going away is said on the page, which recovers
+//! by itself when it returns. The static HTML report draws the same charts. The test saves a
+//! screenshot (`target/dashboard.png`; `COINSTREAM_DASHBOARD_PNG=path` saves it there too, which
+//! is how `docs/dashboard.png` is made).
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::testing::{
+    prometheus::free_port,
+    service_command,
+    services::{log_dir, log_to, pipeline_command, terminate, wait_for},
+    TestDb, TestKafka,
+};
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{json, Value};
+use support::DbProxy;
+
+/// How soon a window row must reach the page.
+const PAGE_DEADLINE: Duration = Duration::from_secs(2);
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    profile: std::path::PathBuf,
+}
+
+impl Browser {
+    /// Headless Chromium with the flags it needs on a machine without a network, a fresh profile.
+    async fn start(logs: &Path) -> Self {
+        let chromedriver = std::env::var("COINSTREAM_TEST_CHROMEDRIVER").expect(
+            "COINSTREAM_TEST_CHROMEDRIVER is not set: run the tests through scripts/test.sh, or \
+             `eval \"$(scripts/infra.sh up)\"` (it installs Debian's chromium and chromium-driver)",
+        );
+        let chromium = std::env::var("COINSTREAM_TEST_CHROMIUM").expect("COINSTREAM_TEST_CHROMIUM");
+        let port = free_port();
+        let driver = Command::new(chromedriver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(log_to(logs, "chromedriver"))
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = std::env::temp_dir().join(format!(
+            "coinstream-chromium-{}",
+            common::testing::unique_suffix()
+        ));
+        let caps = json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                    "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync",
+                    "--disable-dev-shm-usage", "--window-size=1400,1700",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }
+        });
+        let caps: serde_json::Map<String, Value> = caps.as_object().unwrap().clone();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        let client = loop {
+            // Plain HTTP to the local driver: no TLS stack needed.
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector)
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no WebDriver session with Chromium: {e}"),
+            }
+        };
+        Browser {
+            client,
+            driver,
+            profile,
+        }
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script {script:?}: {e}"))
+    }
+
+    /// Waits until `script` returns `true`; false after `limit`.
+    async fn until(&self, script: &str, limit: Duration) -> bool {
+        let started = Instant::now();
+        loop {
+            if self.eval(script).await == Value::Bool(true) {
+                return true;
+            }
+            if started.elapsed() > limit {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn errors(&self) -> Value {
+        self.eval("return window.__errors || ['the error catcher did not load'];")
+            .await
+    }
+
+    async fn close(mut self) {
+        let _ = self.client.clone().close().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+struct Services(Vec<Child>);
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn chart_selector(pair: &str) -> String {
+    format!("svg.pair-chart[data-pair=\"{pair}\"]")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dashboard_in_chromium_follows_a_running_pipeline() {
+    let db = TestDb::new().await;
+    let kafka = TestKafka::new();
+    let topics = (
+        kafka.create_topic("raw", 2).await,
+        kafka.create_topic("agg", 2).await,
+    );
+    let logs = log_dir("dashboard");
+    let spawn = |name: &str, extra: &[&str]| {
+        pipeline_command(name, &db, &kafka, (&topics.0, &topics.1))
+            .stderr(log_to(&logs, name))
+            .args(extra)
+            .spawn()
+            .unwrap()
+    };
+    let mut services = Services(vec![
+        spawn("raw-consumer", &[]),
+        spawn("stream-aggregator", &["--flush-interval", "200ms"]),
+        spawn(
+            "producer",
+            &[
+                "--source",
+                "simulate",
+                "--seed",
+                "11",
+                "--rate",
+                "60",
+                "--pair-count",
+                "3",
+            ],
+        ),
+    ]);
+    let proxy = DbProxy::start().await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut serve = service_command(env!("CARGO_BIN_EXE_compare"), &db, &kafka.bootstrap_servers);
+    serve
+        .env("DATABASE_URL", proxy.database_url(&db))
+        .args(["serve", "--group", &kafka.group("agg")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(log_to(&logs, "compare-serve"));
+    services.0.push(serve.spawn().unwrap());
+    wait_healthy(&base).await;
+    check_api_rejects_bad_input(&base).await;
+
+    let browser = Browser::start(&logs).await;
+    browser.client.goto(&base).await.unwrap();
+    assert!(
+        browser
+            .until(
+                "return document.querySelectorAll('svg.pair-chart g.window').length > 0 \
+                 && document.querySelectorAll('svg.pair-chart').length === 3;",
+                Duration::from_secs(60),
+            )
+            .await,
+        "a chart per pair with windows within 60 s (logs: {})",
+        logs.display()
+    );
+    let pairs = pairs(&db).await;
+    assert_eq!(pairs.len(), 3, "{pairs:?}");
+    check_page_structure(&browser, &pairs).await;
+
+    let delays = new_windows_reach_the_page(&browser, &db, &pairs[0]).await;
+    println!("row written → on the page: {delays:?}");
+    check_a_difference_is_marked(&browser, &db, &pairs[1]).await;
+    check_pair_selector(&browser, &pairs[2]).await;
+    screenshot(&browser).await;
+    check_database_down_and_back(&browser, &proxy).await;
+    assert_eq!(browser.errors().await, json!([]), "console errors");
+
+    for c in &services.0 {
+        terminate(c);
+    }
+    for c in &mut services.0 {
+        wait_for(c, Duration::from_secs(30)).await;
+    }
+    check_static_report(&browser, &db, &kafka, &logs).await;
+    browser.close().await;
+}
+
+async fn wait_healthy(base: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Ok(r) = reqwest::get(format!("{base}/healthz")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("compare serve did not answer /healthz within 30 s");
+}
+
+/// Bad input: 400 with a JSON error naming what is wrong; it never reaches SQL.
+async fn check_api_rejects_bad_input(base: &str) {
+    for (query, says) in [
+        ("pair=BTC%27%3B%20DROP%20TABLE%20stream_agg", "pair"),
+        ("pair=BTCUSD", "pair"),
+        ("", "pair is required"),
+        ("pair=BTC/USD&since=yesterday", "since"),
+        ("pair=BTC/USD&until=2024-13-45T00:00:00Z", "until"),
+        ("pair=BTC/USD&limit=0", "limit"),
+    ] {
+        let r = reqwest::get(format!("{base}/api/windows?{query}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = r.json().await.unwrap();
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{query}: {body}");
+    }
+}
+
+async fn pairs(db: &TestDb) -> Vec<String> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT asset_id_base, asset_id_quote FROM stream_agg ORDER BY 1, 2",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(b, q)| format!("{b}/{q}")).collect()
+}
+
+/// Axes with labels, a legend, the pipeline panel with the running services, the window spec.
+async fn check_page_structure(browser: &Browser, pairs: &[String]) {
+    for pair in pairs {
+        let sel = chart_selector(pair);
+        let found = browser
+            .eval(&format!(
+                "const s = document.querySelector('{sel}'); return s && [\
+                 s.querySelectorAll('.x-axis text').length, s.querySelectorAll('.y-axis text').length, \
+                 s.querySelectorAll('.legend text').length];"
+            ))
+            .await;
+        let counts: Vec<u64> = serde_json::from_value(found.clone()).unwrap_or_default();
+        assert!(
+            counts.len() == 3 && counts.iter().all(|n| *n >= 2),
+            "{pair}: axis labels and legend {found}"
+        );
+    }
+    assert!(
+        browser
+            .until(
+                "const s = [...document.querySelectorAll('#pipeline tbody tr')].map(r => r.dataset.service); \
+                 return ['producer', 'raw-consumer', 'stream-aggregator'].every(x => s.includes(x));",
+                Duration::from_secs(20),
+            )
+            .await,
+        "the pipeline panel lists the running services"
+    );
+    let spec = browser
+        .eval("return document.getElementById('spec').textContent;")
+        .await;
+    assert!(
+        spec.as_str().is_some_and(|s| s.contains("10 s")),
+        "window spec shown: {spec}"
+    );
+}
+
+/// Newest window start of `pair` in `stream_agg`.
+async fn newest_window(db: &TestDb, pair: &str) -> Option<chrono::NaiveDateTime> {
+    let (base, quote) = pair.split_once('/').unwrap();
+    sqlx::query_scalar(
+        "SELECT MAX(start_time) FROM stream_agg WHERE asset_id_base = ? AND asset_id_quote = ?",
+    )
+    .bind(base)
+    .bind(quote)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+fn window_selector(pair: &str, start: chrono::NaiveDateTime) -> String {
+    format!(
+        "{} g.window[data-start=\"{}\"]",
+        chart_selector(pair),
+        start.and_utc().format("%Y-%m-%dT%H:%M:%S%.3fZ")
+    )
+}
+
+/// Three windows the aggregator opens while the page is watching: each is on the page within 2 s
+/// of being seen in MySQL. Returns the delays.
+async fn new_windows_reach_the_page(browser: &Browser, db: &TestDb, pair: &str) -> Vec<Duration> {
+    let mut known = newest_window(db, pair).await;
+    let mut delays = Vec::new();
+    let started = Instant::now();
+    while delays.len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the aggregator opened too few windows: {delays:?}"
+        );
+        let newest = newest_window(db, pair).await;
+        if newest <= known {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        known = newest;
+        let seen = Instant::now();
+        let sel = window_selector(pair, newest.unwrap());
+        let on_page = browser
+            .until(
+                &format!("return document.querySelector('{sel}') !== null;"),
+                PAGE_DEADLINE,
+            )
+            .await;
+        let delay = seen.elapsed();
+        assert!(
+            on_page,
+            "window {sel} not on the page within {PAGE_DEADLINE:?}"
+        );
+        delays.push(delay);
+    }
+    delays
+}
+
+/// A final window changed behind the pipeline's back: the page marks it as differing.
+async fn check_a_difference_is_marked(browser: &Browser, db: &TestDb, pair: &str) {
+    let (base, quote) = pair.split_once('/').unwrap();
+    let start: chrono::NaiveDateTime = sqlx::query_scalar(
+        "SELECT MIN(start_time) FROM stream_agg WHERE asset_id_base = ? AND asset_id_quote = ? AND is_final",
+    )
+    .bind(base)
+    .bind(quote)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let sel = window_selector(pair, start);
+    assert_eq!(
+        browser
+            .eval(&format!(
+                "const g = document.querySelector('{sel}'); return g && g.dataset.status;"
+            ))
+            .await,
+        json!("match"),
+        "{sel} agrees with batch before the change"
+    );
+    sqlx::query(
+        "UPDATE stream_agg SET max_rate = max_rate * 2, updated_at = UTC_TIMESTAMP(6) \
+         WHERE asset_id_base = ? AND asset_id_quote = ? AND start_time = ?",
+    )
+    .bind(base)
+    .bind(quote)
+    .bind(start)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        browser
+            .until(
+                &format!(
+                    "const g = document.querySelector('{sel}'); \
+                     return !!g && g.dataset.status === 'differs' && !!g.querySelector('.diff-mark');"
+                ),
+                PAGE_DEADLINE,
+            )
+            .await,
+        "the changed window is marked as differing within {PAGE_DEADLINE:?}"
+    );
+    let summary = browser
+        .eval("return document.getElementById('summary').textContent;")
+        .await;
+    assert!(
+        summary.as_str().is_some_and(|s| s.contains("differ 1")),
+        "summary counts it: {summary}"
+    );
+}
+
+async fn check_pair_selector(browser: &Browser, pair: &str) {
+    browser
+        .eval(&format!(
+            "const s = document.getElementById('pair'); s.value = '{pair}'; \
+             s.dispatchEvent(new Event('change')); return true;"
+        ))
+        .await;
+    let visible = "return [...document.querySelectorAll('section.chart')]\
+                   .filter(s => !s.classList.contains('hidden')).map(s => s.dataset.pair);";
+    assert_eq!(browser.eval(visible).await, json!([pair]));
+    browser
+        .eval(
+            "const s = document.getElementById('pair'); s.value = ''; \
+             s.dispatchEvent(new Event('change')); return true;",
+        )
+        .await;
+    assert_eq!(
+        browser.eval(visible).await.as_array().map(Vec::len),
+        Some(3)
+    );
+}
+
+async fn screenshot(browser: &Browser) {
+    let png = browser.client.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png");
+    std::fs::write(&target, &png).unwrap();
+    if let Ok(path) = std::env::var("COINSTREAM_DASHBOARD_PNG") {
+        std::fs::write(path, &png).unwrap();
+    }
+}
+
+/// The database stops answering: the page says so within 10 s; it comes back: the banner goes
+/// and new windows flow again.
+async fn check_database_down_and_back(browser: &Browser, proxy: &DbProxy) {
+    proxy.set_down(true);
+    let banner = "const b = document.getElementById('banner'); \
+                  return !b.classList.contains('hidden') && b.textContent.includes('database does not answer');";
+    assert!(
+        browser.until(banner, Duration::from_secs(15)).await,
+        "the page says the database is down"
+    );
+    proxy.set_down(false);
+    assert!(
+        browser
+            .until(
+                "return document.getElementById('banner').classList.contains('hidden');",
+                Duration::from_secs(20),
+            )
+            .await,
+        "the page recovers when the database is back"
+    );
+}
+
+/// The static HTML report draws the same charts, with no error.
+async fn check_static_report(browser: &Browser, db: &TestDb, kafka: &TestKafka, logs: &Path) {
+    let path = logs.join("report.html");
+    let out = service_command(env!("CARGO_BIN_EXE_compare"), db, &kafka.bootstrap_servers)
+        .args(["--group", &kafka.group("agg"), "--format", "html"])
+        .args(["--output", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        path.exists(),
+        "report written: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    browser
+        .client
+        .goto(&format!("file://{}", path.display()))
+        .await
+        .unwrap();
+    assert!(
+        browser
+            .until(
+                "return document.querySelectorAll('svg.pair-chart').length === 3 \
+                 && document.querySelectorAll('svg.pair-chart .x-axis text').length > 0 \
+                 && document.querySelectorAll('svg.latency-histogram rect.bar').length > 0 \
+                 && document.querySelectorAll('svg.pair-chart g.window.status-differs .diff-mark').length === 1;",
+                Duration::from_secs(10),
+            )
+            .await,
+        "the report's charts, with the changed window marked"
+    );
+    assert_eq!(browser.errors().await, json!([]), "report console errors");
+}
