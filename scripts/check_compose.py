@@ -68,13 +68,13 @@ for name, svc in services.items():
             need(m.group(1) != "3306", "MySQL's host port defaults to 3306")
 
 # The coinstream services.
-for name in APPS + ["compare"]:
+for name in APPS + ["compare", "dashboard"]:
     svc = services.get(name, {})
     env_files = svc.get("env_file") or []
     need(any(isinstance(e, dict) and e.get("path") == ".env" and e.get("required") is False
              for e in env_files), f"{name} does not read .env (env_file, required: false)")
     deps = svc.get("depends_on") or {}
-    for needed in ("mysql",) if name == "compare" else ("kafka", "mysql"):
+    for needed in ("mysql",) if name in ("compare", "dashboard") else ("kafka", "mysql"):
         cond = (deps.get(needed) or {}).get("condition") if isinstance(deps, dict) else None
         need(cond == "service_healthy", f"{name} does not wait for {needed} to be healthy")
 for name in APPS:
@@ -89,6 +89,13 @@ for name in CONSUMERS:
     env = services.get(name, {}).get("environment") or {}
     need("{hostname}" in str(env.get("KAFKA_GROUP_INSTANCE_ID", "")),
          f"{name} has no per-container KAFKA_GROUP_INSTANCE_ID")
+
+dashboard = services.get("dashboard", {})
+need(dashboard.get("entrypoint") == ["compare", "serve"], "dashboard does not run compare serve")
+need(str((dashboard.get("environment") or {}).get("COMPARE_LISTEN", "")).startswith("0.0.0.0:"),
+     "dashboard does not listen on 0.0.0.0 inside its container")
+test = (dashboard.get("healthcheck") or {}).get("test") or []
+need(test[:1] == ["CMD"] and "--healthcheck" in test, "dashboard's healthcheck is not its --healthcheck")
 
 compare = services.get("compare", {})
 need(compare.get("entrypoint"), "compare has no entrypoint")

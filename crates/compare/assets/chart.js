@@ -34,8 +34,15 @@
     return (m < 1.5 ? 1 : m < 3.5 ? 2 : m < 7.5 ? 5 : 10) * p;
   }
 
+  // One formatter per number of decimals: toLocaleString would build one per call (slow).
+  const formats = new Map();
   function fmt(v, decimals) {
-    return v.toLocaleString("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+    let f = formats.get(decimals);
+    if (!f) {
+      f = new Intl.NumberFormat("en-US", { minimumFractionDigits: decimals, maximumFractionDigits: decimals });
+      formats.set(decimals, f);
+    }
+    return f.format(v);
   }
 
   function windowSpan(spec) {

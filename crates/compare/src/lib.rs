@@ -57,6 +57,17 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `compare serve --healthcheck`: ask the dashboard at its `--listen` address, then exit.
+    pub fn healthcheck(&self) -> Option<common::observe::ObserveArgs> {
+        match &self.command {
+            Some(Command::Serve(s)) if s.healthcheck => Some(common::observe::ObserveArgs {
+                metrics_addr: Some(s.listen),
+                healthcheck: true,
+            }),
+            _ => None,
+        }
+    }
+
     /// The logging settings of the command run.
     pub fn telemetry(&self) -> &TelemetryArgs {
         match &self.command {

@@ -3,5 +3,8 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let settings: compare::Settings = common::config::load();
     common::telemetry::init("compare", settings.telemetry());
-    common::run_service("compare", None, |ctx| compare::run(settings, ctx))
+    let healthcheck = settings.healthcheck();
+    common::run_service("compare", healthcheck.as_ref(), |ctx| {
+        compare::run(settings, ctx)
+    })
 }

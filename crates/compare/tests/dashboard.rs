@@ -186,6 +186,7 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
         .stderr(log_to(&logs, "compare-serve"));
     services.0.push(serve.spawn().unwrap());
     wait_healthy(&base).await;
+    check_healthcheck_flag(&db, port);
     check_api_rejects_bad_input(&base).await;
 
     let browser = Browser::start(&logs).await;
@@ -234,6 +235,25 @@ async fn wait_healthy(base: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("compare serve did not answer /healthz within 30 s");
+}
+
+/// `compare serve --healthcheck` (compose's healthcheck): 0 against the running dashboard, 1
+/// where nothing listens.
+fn check_healthcheck_flag(db: &TestDb, port: u16) {
+    let status = |port: u16| {
+        service_command(env!("CARGO_BIN_EXE_compare"), db, "127.0.0.1:1")
+            .args([
+                "serve",
+                "--healthcheck",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    assert!(status(port).success());
+    assert_eq!(status(free_port()).code(), Some(1));
 }
 
 /// Bad input: 400 with a JSON error naming what is wrong; it never reaches SQL.

@@ -175,6 +175,60 @@ async fn check_tables_and_report(p: &Pipeline<'_>) {
         .await
         .unwrap();
     assert_eq!(runs, 1);
+    check_filters(p, &json);
+}
+
+/// `--pair`, `--since` and `--until` narrow the report to the windows asked for.
+fn check_filters(p: &Pipeline<'_>, full: &serde_json::Value) {
+    let all = full["windows"].as_object().expect("windows by pair");
+    let pair = all.keys().next().unwrap().clone();
+    let starts: Vec<i64> = all[&pair]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["start_us"].as_i64().unwrap())
+        .collect();
+    let (since, until) = (starts[1], starts[starts.len() - 2]);
+    let iso = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let out = p.compare(&[
+        "--format",
+        "json",
+        "--fail-on-mismatch",
+        "--pair",
+        &pair,
+        "--since",
+        &iso(since),
+        "--until",
+        &iso(until),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let windows = json["windows"].as_object().unwrap();
+    assert_eq!(windows.keys().collect::<Vec<_>>(), vec![&pair]);
+    let got: Vec<i64> = windows[&pair]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["start_us"].as_i64().unwrap())
+        .collect();
+    let want: Vec<i64> = starts
+        .iter()
+        .copied()
+        .filter(|s| (since..until).contains(s))
+        .collect();
+    assert_eq!(got, want, "windows of {pair} in [since, until)");
+    assert_eq!(
+        json["accuracy"]["windows_compared"].as_u64(),
+        Some(want.len() as u64)
+    );
 }
 
 /// The HTML report: self-contained (chart script inlined, no external resource) with its data:

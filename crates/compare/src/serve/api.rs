@@ -51,6 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/pipeline", get(pipeline))
         .route("/api/report", get(report))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(healthz))
         .with_state(shared)
 }
 
@@ -154,7 +155,7 @@ async fn windows(
         );
     };
     let (base, quote) = (pair.base.to_string(), pair.quote.to_string());
-    if !live.pairs().contains_key(&pair.to_string()) {
+    if !live.has_pair(&base, &quote) {
         return error(
             StatusCode::BAD_REQUEST,
             format!("pair: {pair} has no windows (unknown pair)"),

@@ -129,20 +129,46 @@ impl Live {
         keys.into_iter().skip(skip).map(|k| self.view(k)).collect()
     }
 
-    /// The pairs known, each with its latest window start.
+    /// The pairs known, each with its latest window start: a few lookups per pair, not a walk
+    /// over every window.
     pub fn pairs(&self) -> BTreeMap<String, i64> {
         let mut out: BTreeMap<String, i64> = BTreeMap::new();
-        for (b, q, s) in self.stream.keys().chain(self.batch.keys()) {
-            let e = out.entry(format!("{b}/{q}")).or_insert(*s);
-            *e = (*e).max(*s);
+        for (pair, latest) in latest_per_pair(&self.stream).chain(latest_per_pair(&self.batch)) {
+            let e = out.entry(pair).or_insert(latest);
+            *e = (*e).max(latest);
         }
         out
+    }
+
+    /// Whether `base/quote` has a window on either side.
+    pub fn has_pair(&self, base: &str, quote: &str) -> bool {
+        let range = || {
+            (base.to_owned(), quote.to_owned(), i64::MIN)
+                ..=(base.to_owned(), quote.to_owned(), i64::MAX)
+        };
+        self.stream.range(range()).next().is_some() || self.batch.range(range()).next().is_some()
     }
 
     /// The verdict over every window in scope.
     pub fn accuracy(&self) -> Accuracy {
         compare(&self.stream, &self.batch)
     }
+}
+
+/// `BASE/QUOTE` and its latest window start, for each pair of `map`: jumps from pair to pair.
+fn latest_per_pair<V>(map: &BTreeMap<Key, V>) -> impl Iterator<Item = (String, i64)> + '_ {
+    let mut next = map.keys().next().cloned();
+    std::iter::from_fn(move || {
+        let (b, q, _) = next.take()?;
+        let end = (b, q, i64::MAX);
+        let (latest, _) = map.range(..=end.clone()).next_back()?;
+        let item = (format!("{}/{}", latest.0, latest.1), latest.2);
+        next = map
+            .range((std::ops::Bound::Excluded(end), std::ops::Bound::Unbounded))
+            .next()
+            .map(|(k, _)| k.clone());
+        Some(item)
+    })
 }
 
 #[cfg(test)]
@@ -209,5 +235,32 @@ mod tests {
         );
         assert_eq!(live.pairs()["BTC/USD"], 120);
         assert_eq!(live.accuracy().missing, 1);
+    }
+
+    #[test]
+    fn pairs_with_their_latest_window_from_both_sides() {
+        let key = |b: &str, s: i64| (b.to_string(), "USD".to_string(), s);
+        let stream = BTreeMap::from([
+            (key("ADA", 0), sw(1, true)),
+            (key("ADA", 60), sw(1, false)),
+            (key("ETH", 0), sw(1, true)),
+        ]);
+        let batch = BTreeMap::from([
+            (key("ADA", 0), agg(1)),
+            (key("BTC", 120), agg(1)),
+            (key("ETH", 0), agg(1)),
+            (key("ETH", 180), agg(1)),
+        ]);
+        let live = Live::new(WindowSpec::tumbling(60), stream, batch);
+        assert_eq!(
+            live.pairs().into_iter().collect::<Vec<_>>(),
+            vec![
+                ("ADA/USD".to_string(), 60),
+                ("BTC/USD".to_string(), 120),
+                ("ETH/USD".to_string(), 180)
+            ]
+        );
+        assert!(live.has_pair("BTC", "USD") && live.has_pair("ADA", "USD"));
+        assert!(!live.has_pair("SOL", "USD") && !live.has_pair("ADA", "EUR"));
     }
 }

@@ -36,6 +36,10 @@ pub struct ServeSettings {
     /// How often the tables are read for changes.
     #[arg(long = "poll-interval", env = "COMPARE_POLL_INTERVAL", value_name = "COMPARE_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Ask the dashboard running at --listen (its /readyz) and exit 0 if it answers, 1 if not
+    /// (for container healthchecks).
+    #[arg(long = "healthcheck")]
+    pub healthcheck: bool,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
