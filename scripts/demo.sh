@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole pipeline on its defaults, then a stream-vs-batch report.
 #
-#   scripts/demo.sh                    # 60 s of simulated rates (CoinAPI when COINAPI_KEY is set)
+#   scripts/demo.sh                    # 60 s of simulated rates (CoinAPI's WebSocket when COINAPI_KEY is set)
 #   DEMO_SECONDS=120 scripts/demo.sh
 #   DEMO_BROKER=tansu scripts/demo.sh  # on the test broker instead of the embedded one
+#   COINAPI_KEY=... DEMO_COINAPI_SOURCE=coinapi scripts/demo.sh  # CoinAPI REST polling, not WebSocket
 #
 # Brokers: by default librdkafka's mock cluster, run in-process by `mock-kafka` (crate `bench`):
 # nothing to install or build beyond the workspace, so a first run on a fresh machine takes a few
@@ -76,7 +77,8 @@ start stream-aggregator $((METRICS_PORT + 2)) $bin/stream-aggregator --window 10
   --idle-timeout 5s --flush-interval 500ms --exit-idle 15s
 start update-counter $((METRICS_PORT + 3)) $bin/update-counter --exit-idle 25s
 if [ -n "${COINAPI_KEY:-}" ]; then
-  start producer "$METRICS_PORT" $bin/producer --source coinapi
+  # CoinAPI's push feed by default; DEMO_COINAPI_SOURCE=coinapi polls its REST API instead.
+  start producer "$METRICS_PORT" $bin/producer --source "${DEMO_COINAPI_SOURCE:-coinapi-ws}"
 else
   start producer "$METRICS_PORT" $bin/producer --source simulate --pair-count 5 --rate 200 --jitter 1s \
     --late-fraction 0.01 --late-by 30s
@@ -95,3 +97,4 @@ say "compare"
 $bin/compare --group "$AGGREGATOR_GROUP" --html "$out/report.html" | tee "$out/report.txt"
 echo
 echo "logs: $out/*.log   report: $out/report.txt   HTML: $out/report.html"
+echo "live dashboard over this run: MYSQL_DATABASE=coinstream_demo $bin/compare serve --group $AGGREGATOR_GROUP  (http://127.0.0.1:8080)"

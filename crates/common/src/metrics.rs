@@ -138,6 +138,15 @@ pub static COINAPI_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["status"],
     )
 });
+/// CoinAPI WebSocket connections opened again, by reason (`lost`: closed, failed or silent;
+/// `requested`: the server's `reconnect` message).
+pub static COINAPI_WS_RECONNECTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "coinstream_coinapi_ws_reconnects_total",
+        "CoinAPI WebSocket reconnections by reason.",
+        &["reason"],
+    )
+});
 /// CoinAPI's `X-RateLimit-Remaining` as last seen (rendered once seen).
 pub static COINAPI_QUOTA_REMAINING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     IntGaugeVec::new(
@@ -214,6 +223,7 @@ impl Exporter {
         registry.register(Box::new(END_TO_END_LATENCY.clone()))?;
         registry.register(Box::new(COINAPI_REQUESTS.clone()))?;
         registry.register(Box::new(COINAPI_QUOTA_REMAINING.clone()))?;
+        registry.register(Box::new(COINAPI_WS_RECONNECTS.clone()))?;
         registry.register(Box::new(DELIVERIES.clone()))?;
         registry.register(Box::new(UPDATES_PRODUCED.clone()))?;
         Ok(Exporter { registry })

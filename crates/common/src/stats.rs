@@ -120,6 +120,8 @@ pub struct ProducerFigures {
     pub retried_deliveries: u64,
     pub sent: u64,
     pub quota_remaining: Option<i64>,
+    /// CoinAPI WebSocket connections opened again (lost, or asked for by the server).
+    pub reconnects: u64,
 }
 
 /// The service-specific part of a `service_stats` row (column `details`, JSON).

@@ -246,7 +246,7 @@
       lower = upper;
     });
     el("text", { x: (m.left + W - m.right) / 2, y: H - 8, "text-anchor": "middle", class: "axis-title" }, axis,
-      "end-to-end latency, ms (bucket upper bound): producer received to committed in MySQL");
+      "end-to-end latency, ms (bucket upper bound): received to committed");
     container.replaceChildren(svg);
     return svg;
   }

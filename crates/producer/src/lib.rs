@@ -9,6 +9,7 @@ pub mod publisher;
 pub mod replay;
 pub mod settings;
 pub mod simulate;
+pub mod ws;
 
 use std::{
     io::BufRead,
@@ -47,6 +48,7 @@ struct Totals {
     failed_requests: u64,
     skipped: u64,
     quota_remaining: Option<i64>,
+    reconnects: u64,
     /// When the source loop started (for the run's wall-clock rate).
     started: Option<Instant>,
 }
@@ -105,6 +107,7 @@ impl Reporter {
                     retried_deliveries: publisher.retried(),
                     sent: publisher.sent(),
                     quota_remaining: totals.quota_remaining,
+                    reconnects: totals.reconnects,
                 }),
                 ..Details::default()
             },
@@ -127,6 +130,7 @@ impl Reporter {
             malformed = totals.malformed,
             failed_requests = totals.failed_requests,
             quota_remaining = ?totals.quota_remaining,
+            reconnects = totals.reconnects,
             cpu_seconds = usage.cpu_seconds,
             peak_rss_mb = usage.peak_rss_bytes as f64 / 1_048_576.0,
             elapsed_seconds = elapsed,
@@ -180,6 +184,7 @@ pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()>
     let statistics = reporter.recorder.clone();
     let result = match source {
         Source::Coinapi => run_coinapi(&settings, publisher, reporter, shutdown).await,
+        Source::CoinapiWs => run_coinapi_ws(&settings, publisher, reporter, shutdown).await,
         Source::Simulate => {
             let pairs = match settings.pair_count {
                 Some(n) => simulate::generate_pairs(n as usize),
@@ -288,6 +293,66 @@ async fn run_coinapi(
     // Flushing blocks (librdkafka waits for acknowledgements); keep it off the async workers.
     let flushed = tokio::task::block_in_place(|| publisher.flush(FLUSH_TIMEOUT));
     reporter.report_async(&totals, &publisher, true).await;
+    outcome?;
+    flushed.context("flushing at shutdown")?;
+    Ok(())
+}
+
+/// The WebSocket source's totals as the producer's, reported every `every`.
+struct WsReporter {
+    reporter: Reporter,
+    totals: Totals,
+    every: Duration,
+    last: Instant,
+}
+
+impl ws::Observer for WsReporter {
+    async fn tick(&mut self, t: &ws::WsTotals, publisher: &Publisher) {
+        self.totals.produced = t.received;
+        self.totals.unchanged = t.unchanged;
+        self.totals.malformed = t.malformed;
+        self.totals.reconnects = t.reconnects;
+        if self.last.elapsed() >= self.every {
+            self.last = Instant::now();
+            self.reporter
+                .report_async(&self.totals, publisher, false)
+                .await;
+        } else {
+            self.reporter.observe(&self.totals, publisher);
+        }
+    }
+}
+
+async fn run_coinapi_ws(
+    settings: &Settings,
+    mut publisher: Publisher,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut source = ws::WsSource::new(ws::WsConfig {
+        url: settings.coinapi_ws_url.clone(),
+        key: settings.key().cloned().expect("checked by resolve_source"),
+        pairs: settings.pairs.clone(),
+        backoff_initial: settings.backoff_initial,
+        backoff_max: settings.backoff_max,
+    });
+    tracing::info!(pairs = settings.pairs.len(), url = %settings.coinapi_ws_url, "subscribing to CoinAPI exchange rates over WebSocket");
+    let mut observer = WsReporter {
+        reporter,
+        totals: Totals {
+            started: Some(Instant::now()),
+            ..Totals::default()
+        },
+        every: settings.stats_interval,
+        last: Instant::now(),
+    };
+    let outcome = source.run(&mut publisher, &shutdown, &mut observer).await;
+    let flushed = tokio::task::block_in_place(|| publisher.flush(FLUSH_TIMEOUT));
+    ws::Observer::tick(&mut observer, &source.totals, &publisher).await;
+    observer
+        .reporter
+        .report_async(&observer.totals, &publisher, true)
+        .await;
     outcome?;
     flushed.context("flushing at shutdown")?;
     Ok(())

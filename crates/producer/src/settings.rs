@@ -14,6 +14,8 @@ use common::{
 pub enum Source {
     /// Poll CoinAPI REST (needs COINAPI_KEY).
     Coinapi,
+    /// CoinAPI's exchange-rate WebSocket: rates pushed as they change (needs COINAPI_KEY).
+    CoinapiWs,
     /// Built-in random-walk generator.
     Simulate,
     /// CoinAPI-shaped JSON lines from a file or stdin.
@@ -64,6 +66,9 @@ pub struct Settings {
     /// CoinAPI REST base URL.
     #[arg(long = "coinapi-base-url", env = "COINAPI_BASE_URL", value_name = "COINAPI_BASE_URL", default_value = "https://rest.coinapi.io", value_parser = non_empty, help_heading = "CoinAPI")]
     pub coinapi_base_url: String,
+    /// CoinAPI exchange-rate WebSocket URL (--source coinapi-ws).
+    #[arg(long = "coinapi-ws-url", env = "COINAPI_WS_URL", value_name = "COINAPI_WS_URL", default_value = "wss://api-realtime.exrates.coinapi.io", value_parser = non_empty, help_heading = "CoinAPI")]
+    pub coinapi_ws_url: String,
     /// Poll every pair this often.
     #[arg(long = "interval", env = "POLL_INTERVAL", value_name = "POLL_INTERVAL", default_value = "10s", value_parser = parse_duration, help_heading = "CoinAPI")]
     pub interval: Duration,
@@ -191,9 +196,9 @@ impl Settings {
             None => (Source::Simulate, true),
         };
         match source {
-            Source::Coinapi if self.key().is_none() => Err(ConfigError::new(
+            Source::Coinapi | Source::CoinapiWs if self.key().is_none() => Err(ConfigError::new(
                 "COINAPI_KEY",
-                "required for --source coinapi (or choose --source simulate)",
+                "required for --source coinapi and coinapi-ws (or choose --source simulate)",
             )),
             Source::Replay if self.file.is_none() => Err(ConfigError::new(
                 "REPLAY_FILE",

@@ -78,6 +78,20 @@ async fn main() -> anyhow::Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
+    stream_side(&pool, &args, window_us).await?;
+    pool.execute("DROP TABLE bench_digits").await?;
+    eprintln!(
+        "done: {} raw rows, stream_agg from them, spec of {}; {:.1} s",
+        per_pair * i64::from(args.pairs),
+        args.group,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `stream_agg` and `coin_update_count` from the raw rows (as an exact aggregator would have
+/// written them), and the aggregator's spec.
+async fn stream_side(pool: &sqlx::MySqlPool, args: &Args, window_us: i64) -> anyhow::Result<()> {
     let sql = format!(
         "INSERT INTO stream_agg (start_time, end_time, asset_id_base, asset_id_quote, update_count, \
                                  avg_rate, min_rate, max_rate, sum_rate, first_rate, last_rate, \
@@ -93,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query(&sql)
         .bind(&args.start)
         .bind(&args.start)
-        .execute(&pool)
+        .execute(pool)
         .await?;
     pool.execute(
         "INSERT INTO coin_update_count (start_time, end_time, asset_id_base, asset_id_quote, \
@@ -110,14 +124,7 @@ async fn main() -> anyhow::Result<()> {
     .bind(&args.group)
     .bind(window_us)
     .bind(window_us)
-    .execute(&pool)
+    .execute(pool)
     .await?;
-    pool.execute("DROP TABLE bench_digits").await?;
-    eprintln!(
-        "done: {} raw rows, stream_agg from them, spec of {}; {:.1} s",
-        per_pair * i64::from(args.pairs),
-        args.group,
-        started.elapsed().as_secs_f64()
-    );
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! Needs ChromeDriver and Chromium (`scripts/infra.sh up` installs them).
 
 use std::{
-    process::{Command, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -75,11 +76,12 @@ async fn api(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn page(args: &Args) -> anyhow::Result<()> {
+/// Headless Chromium through ChromeDriver: the session, the driver and the profile directory.
+async fn browser(args: &Args) -> anyhow::Result<(fantoccini::Client, Child, PathBuf)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let mut driver = Command::new(&args.chromedriver)
+    let driver = Command::new(&args.chromedriver)
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -95,73 +97,83 @@ async fn page(args: &Args) -> anyhow::Result<()> {
     });
     let caps = caps.as_object().cloned().unwrap_or_default();
     let started = Instant::now();
-    let client = loop {
+    loop {
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         match ClientBuilder::new(connector)
             .capabilities(caps.clone())
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
         {
-            Ok(c) => break c,
+            Ok(c) => return Ok((c, driver, profile)),
             Err(_) if started.elapsed() < Duration::from_secs(30) => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => anyhow::bail!("no WebDriver session: {e}"),
         }
+    }
+}
+
+/// One fresh load: (ms to every chart drawn, ms to the last data response, charts drawn).
+async fn load_once(client: &fantoccini::Client, url: &str) -> anyhow::Result<(f64, f64, u64)> {
+    client.goto("about:blank").await?;
+    client.goto(url).await?;
+    let waited = Instant::now();
+    let ready = loop {
+        let v = client
+            .execute(
+                "const s = window.__coinstream; return s && s.readyAt || null;",
+                vec![],
+            )
+            .await?;
+        if let Some(ms) = v.as_f64() {
+            break ms;
+        }
+        anyhow::ensure!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the page never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let charts = client
+        .execute(
+            "return document.querySelectorAll('svg.pair-chart').length;",
+            vec![],
+        )
+        .await?
+        .as_u64()
+        .unwrap_or(0);
+    // When the last of the page's data requests ended (resource timing).
+    let last = client
+        .execute(
+            "return Math.max(0, ...performance.getEntriesByType('resource')\
+             .filter(e => e.name.includes('/api/')).map(e => e.responseEnd));",
+            vec![],
+        )
+        .await?;
+    if std::env::var_os("DASHBOARD_LOAD_DEBUG").is_some() {
+        let entries = client
+            .execute(
+                "return performance.getEntriesByType('resource').map(e => \
+                 [e.name.replace(location.origin, ''), Math.round(e.startTime), Math.round(e.responseStart), Math.round(e.responseEnd)]);",
+                vec![],
+            )
+            .await?;
+        eprintln!("{entries}");
+    }
+    Ok((ready, last.as_f64().unwrap_or(0.0), charts))
+}
+
+async fn page(args: &Args) -> anyhow::Result<()> {
+    let (client, mut driver, profile) = browser(args).await?;
     let mut loads = Vec::new();
     let mut data = Vec::new();
     let mut charts = 0;
     for _ in 0..args.page_loads {
-        client.goto("about:blank").await?;
-        client.goto(&args.url).await?;
-        let waited = Instant::now();
-        let ready = loop {
-            let v = client
-                .execute(
-                    "const s = window.__coinstream; return s && s.readyAt || null;",
-                    vec![],
-                )
-                .await?;
-            if let Some(ms) = v.as_f64() {
-                break ms;
-            }
-            anyhow::ensure!(
-                waited.elapsed() < Duration::from_secs(30),
-                "the page never got ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        charts = client
-            .execute(
-                "return document.querySelectorAll('svg.pair-chart').length;",
-                vec![],
-            )
-            .await?
-            .as_u64()
-            .unwrap_or(0);
+        let (ready, last, drawn) = load_once(&client, &args.url).await?;
         loads.push(ready);
-        // When the last of the page's data requests ended (resource timing).
-        let last = client
-            .execute(
-                "return Math.max(0, ...performance.getEntriesByType('resource')\
-                 .filter(e => e.name.includes('/api/')).map(e => e.responseEnd));",
-                vec![],
-            )
-            .await?;
-        data.push(last.as_f64().unwrap_or(0.0));
-        if std::env::var_os("DASHBOARD_LOAD_DEBUG").is_some() {
-            let entries = client
-                .execute(
-                    "return performance.getEntriesByType('resource').map(e => \
-                     [e.name.replace(location.origin, ''), Math.round(e.startTime), Math.round(e.responseStart), Math.round(e.responseEnd)]);",
-                    vec![],
-                )
-                .await?;
-            eprintln!("{entries}");
-        }
+        data.push(last);
+        charts = drawn;
     }
-
     summary(
         &format!("first page load, navigation to {charts} charts drawn"),
         loads,
