@@ -76,6 +76,21 @@ fn window_conditions(scope: &Scope) -> (String, Vec<String>, Vec<NaiveDateTime>)
     (sql, texts, times)
 }
 
+/// Binds [`window_conditions`]' values, in their order.
+fn bind_window<'q, O>(
+    mut q: sqlx::query::QueryAs<'q, sqlx::MySql, O, sqlx::mysql::MySqlArguments>,
+    texts: &'q [String],
+    times: &'q [NaiveDateTime],
+) -> sqlx::query::QueryAs<'q, sqlx::MySql, O, sqlx::mysql::MySqlArguments> {
+    for t in texts {
+        q = q.bind(t.as_str());
+    }
+    for t in times {
+        q = q.bind(*t);
+    }
+    q
+}
+
 /// The `stream_agg` rows of a scope.
 pub async fn stream(
     pool: &MySqlPool,
@@ -83,13 +98,7 @@ pub async fn stream(
 ) -> anyhow::Result<BTreeMap<Key, StreamWindow>> {
     let (conditions, texts, times) = window_conditions(scope);
     let sql = format!("SELECT {} FROM stream_agg{conditions}", stream_columns());
-    let mut q = sqlx::query_as::<_, StreamRow>(&sql);
-    for t in &texts {
-        q = q.bind(t);
-    }
-    for t in &times {
-        q = q.bind(t);
-    }
+    let q = bind_window(sqlx::query_as::<_, StreamRow>(&sql), &texts, &times);
     Ok(q.fetch_all(pool)
         .await?
         .into_iter()
@@ -107,13 +116,11 @@ pub async fn update_counts(
         "SELECT asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, is_final FROM coin_update_count{conditions}",
         us("start_time")
     );
-    let mut q = sqlx::query_as::<_, (String, String, i64, i64, bool)>(&sql);
-    for t in &texts {
-        q = q.bind(t);
-    }
-    for t in &times {
-        q = q.bind(t);
-    }
+    let q = bind_window(
+        sqlx::query_as::<_, (String, String, i64, i64, bool)>(&sql),
+        &texts,
+        &times,
+    );
     Ok(q.fetch_all(pool)
         .await?
         .into_iter()

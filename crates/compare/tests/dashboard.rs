@@ -205,6 +205,7 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     let pairs = pairs(&db).await;
     assert_eq!(pairs.len(), 3, "{pairs:?}");
     check_page_structure(&browser, &pairs).await;
+    check_report_api(&base).await;
 
     let delays = new_windows_reach_the_page(&browser, &db, &pairs[0]).await;
     println!("row written → on the page: {delays:?}");
@@ -284,6 +285,24 @@ async fn pairs(db: &TestDb) -> Vec<String> {
     .await
     .unwrap();
     rows.into_iter().map(|(b, q)| format!("{b}/{q}")).collect()
+}
+
+/// `/api/report`: the JSON report of the live state, shaped as `compare --format json`'s.
+async fn check_report_api(base: &str) {
+    let r = reqwest::get(format!("{base}/api/report")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert!(
+        report["accuracy"]["windows_compared"].as_u64() > Some(0),
+        "{}",
+        report["accuracy"]
+    );
+    assert_eq!(
+        report["windows"].as_object().map(serde_json::Map::len),
+        Some(3),
+        "windows of the three pairs"
+    );
+    assert!(report["services"].as_array().is_some_and(|s| !s.is_empty()));
 }
 
 /// Axes with labels, a legend, the pipeline panel with the running services, the window spec.

@@ -209,26 +209,40 @@ impl WsSource {
                     return Ok(End::Lost(format!("no message for {SILENCE:?}")));
                 }
             };
-            match protocol::parse(text.as_str(), Utc::now()) {
-                Ok(Frame::Exrate(update)) => {
-                    backoff.reset();
-                    self.publish(update, publisher)?;
-                }
-                Ok(Frame::Heartbeat) => self.totals.heartbeats += 1,
-                Ok(Frame::Reconnect { within }) => switch.start(&self.config, within),
-                Ok(Frame::Error(message)) if protocol::is_key_error(&message) => {
-                    return Err(WsError::InvalidKey(message))
-                }
-                Ok(Frame::Error(message)) => {
-                    return Ok(End::Lost(format!("CoinAPI error: {message}")))
-                }
-                Ok(Frame::Other(kind)) => tracing::debug!(%kind, "message type not used"),
-                Err(error) => {
-                    self.totals.malformed += 1;
-                    tracing::warn!(%error, excerpt = %excerpt(text.as_bytes()), malformed = self.totals.malformed, "malformed CoinAPI WebSocket message skipped");
-                }
+            if let Some(end) = self.handle(text.as_str(), publisher, backoff, &mut switch)? {
+                return Ok(end);
             }
         }
+    }
+
+    /// One text frame; `Some` when it ends the connection.
+    fn handle(
+        &mut self,
+        text: &str,
+        publisher: &mut Publisher,
+        backoff: &mut Backoff,
+        switch: &mut Switch,
+    ) -> Result<Option<End>, WsError> {
+        match protocol::parse(text, Utc::now()) {
+            Ok(Frame::Exrate(update)) => {
+                backoff.reset();
+                self.publish(update, publisher)?;
+            }
+            Ok(Frame::Heartbeat) => self.totals.heartbeats += 1,
+            Ok(Frame::Reconnect { within }) => switch.start(&self.config, within),
+            Ok(Frame::Error(message)) if protocol::is_key_error(&message) => {
+                return Err(WsError::InvalidKey(message))
+            }
+            Ok(Frame::Error(message)) => {
+                return Ok(Some(End::Lost(format!("CoinAPI error: {message}"))))
+            }
+            Ok(Frame::Other(kind)) => tracing::debug!(%kind, "message type not used"),
+            Err(error) => {
+                self.totals.malformed += 1;
+                tracing::warn!(%error, excerpt = %excerpt(text.as_bytes()), malformed = self.totals.malformed, "malformed CoinAPI WebSocket message skipped");
+            }
+        }
+        Ok(None)
     }
 
     /// Closes the old connection and reads the new one from now on.
