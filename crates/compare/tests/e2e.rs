@@ -1,7 +1,8 @@
 //! End to end on the real broker and MariaDB: simulated updates with jitter, duplicates and late
 //! events through all five services, one of each killed with SIGKILL mid-run and restarted;
 //! `compare --fail-on-mismatch` passes and its JSON says so; a corrupted `stream_agg` row makes it
-//! fail and names the window; the HTML report is well-formed and holds the charts.
+//! fail and names the window; the HTML report carries its data and chart script; `--pair`,
+//! `--since` and `--until` narrow the report.
 
 use std::{
     path::{Path, PathBuf},
