@@ -4,7 +4,7 @@
 //! The page loads without a console error and draws a chart per pair; windows the running
 //! aggregator writes appear on the page within 2 s; a window made to differ from batch is marked;
 //! the pair selector shows one chart; the database going away is said on the page, which recovers
-//! by itself when it returns. The static HTML report draws the same charts. The test saves a
+//! by itself when it returns; so is the server going away, and the page reconnects to its restart. The static HTML report draws the same charts. The test saves a
 //! screenshot (`target/dashboard.png`; `COINSTREAM_DASHBOARD_PNG=path` saves it there too, which
 //! is how `docs/dashboard.png` is made).
 
@@ -213,6 +213,11 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     check_pair_selector(&browser, &pairs[2]).await;
     screenshot(&browser).await;
     check_database_down_and_back(&browser, &proxy).await;
+    // The server restarted: the page says it lost the connection, reconnects by itself and
+    // follows the new server.
+    let old = services.0.pop().unwrap();
+    serve.stderr(log_to(&logs, "compare-serve-restarted"));
+    check_server_restart(&browser, old, &mut serve, &mut services).await;
     assert_eq!(browser.errors().await, json!([]), "console errors");
 
     for c in &services.0 {
@@ -500,6 +505,36 @@ async fn check_database_down_and_back(browser: &Browser, proxy: &DbProxy) {
             )
             .await,
         "the page recovers when the database is back"
+    );
+}
+
+async fn check_server_restart(
+    browser: &Browser,
+    mut old: Child,
+    serve: &mut Command,
+    services: &mut Services,
+) {
+    let _ = old.kill();
+    let _ = old.wait();
+    assert!(
+        browser
+            .until(
+                "return document.getElementById('banner').textContent.includes('Connection to compare serve lost');",
+                Duration::from_secs(10),
+            )
+            .await,
+        "the page says the server is gone"
+    );
+    services.0.push(serve.spawn().unwrap());
+    assert!(
+        browser
+            .until(
+                "return document.getElementById('banner').classList.contains('hidden') \
+                 && document.querySelectorAll('svg.pair-chart').length === 3;",
+                Duration::from_secs(30),
+            )
+            .await,
+        "the page reconnects to the restarted server"
     );
 }
 
