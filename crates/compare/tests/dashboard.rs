@@ -5,8 +5,9 @@
 //! aggregator writes appear on the page within 2 s; a window made to differ from batch is marked;
 //! the pair selector shows one chart; the database going away is said on the page, which recovers
 //! by itself when it returns; so is the server going away, and the page reconnects to its
-//! restart. The static HTML report draws the same charts. The test saves a screenshot (`target/dashboard.png`; `COINSTREAM_DASHBOARD_PNG=path` saves it there too, which
-//! is how `docs/dashboard.png` is made).
+//! restart. The static HTML report draws the same charts. The test saves a screenshot
+//! (`target/dashboard.png`; `COINSTREAM_DASHBOARD_PNG=path` saves it there too, which is how
+//! `docs/dashboard.png` is made).
 
 mod support;
 
