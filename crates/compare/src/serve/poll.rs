@@ -83,6 +83,11 @@ impl IdCursor {
         floor
     }
 
+    /// How many rows above `from` were read before (read again in this tick).
+    fn reread(&self, from: i64) -> i64 {
+        self.recent.range(from + 1..).count() as i64
+    }
+
     /// Whether `id` is new (not read before), recording it.
     fn fresh(&mut self, id: i64) -> bool {
         self.seen = self.seen.max(id);
@@ -103,6 +108,17 @@ struct Poller {
     raw: IdCursor,
     late: IdCursor,
     last_pipeline: Option<Instant>,
+    pending: Pending,
+}
+
+/// Read but not yet applied and pushed (kept across a failed tick).
+#[derive(Debug, Default)]
+struct Pending {
+    stream: Vec<(Key, crate::accuracy::StreamWindow)>,
+    /// Slide buckets whose windows need the batch side again.
+    dirty: BTreeSet<Key>,
+    /// Windows whose view changed, not yet pushed.
+    changed: BTreeSet<Key>,
 }
 
 /// Runs until shutdown.
@@ -115,6 +131,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         raw: IdCursor::default(),
         late: IdCursor::default(),
         last_pipeline: None,
+        pending: Pending::default(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut tick = tokio::time::interval(interval);
@@ -252,7 +269,8 @@ impl Poller {
         Ok(())
     }
 
-    /// One tick's changes, applied and pushed.
+    /// One tick's changes, applied and pushed. What a tick has read is kept until it is applied
+    /// and pushed: a tick that fails half-way (the database went away) leaves it for the next.
     async fn changes(&mut self) -> anyhow::Result<()> {
         let Some(spec) = self.spec else {
             return Ok(());
@@ -260,41 +278,49 @@ impl Poller {
         let scope = self.shared.settings.source.scope();
         let now = Instant::now();
         let stream_rows = self.stream_changes(&scope).await?;
-        let mut dirty = self.raw_changes(spec, now).await?;
-        dirty.extend(self.late_changes(spec, now).await?);
+        self.pending.stream.extend(stream_rows);
+        let dirty = self.raw_changes(spec, now).await?;
+        self.pending.dirty.extend(dirty);
+        let dirty = self.late_changes(spec, now).await?;
+        self.pending.dirty.extend(dirty);
         let mut state = self.shared.state.write().await;
         let Some(live) = state.live.as_mut() else {
             return Ok(());
         };
-        let mut changed = live.apply_stream(stream_rows);
+        let changed = live.apply_stream(std::mem::take(&mut self.pending.stream));
         // A changed stream window that does not match is read again on the batch side.
         for k in &changed {
             if live.view(k).status != Status::Match {
-                dirty.insert((
+                self.pending.dirty.insert((
                     k.0.clone(),
                     k.1.clone(),
                     k.2.div_euclid(spec.slide_us) + spec.windows_per_event() - 1,
                 ));
             }
         }
+        self.pending.changed.extend(changed);
         drop(state);
-        let ranges = dirty_ranges(spec, &scope, &dirty);
+        let ranges = dirty_ranges(spec, &scope, &self.pending.dirty);
         let mut recomputed = Vec::with_capacity(ranges.len());
         for range in &ranges {
             let b = batch::compute(self.pool(), spec, &self.shared.settings.source.group, range)
                 .await?;
             recomputed.push((range, b.windows));
         }
+        self.pending.dirty.clear();
         let mut state = self.shared.state.write().await;
         let Some(live) = state.live.as_mut() else {
             return Ok(());
         };
         for (range, windows) in recomputed {
-            changed.extend(live.apply_batch(range, windows));
+            self.pending
+                .changed
+                .extend(live.apply_batch(range, windows));
         }
-        if changed.is_empty() {
+        if self.pending.changed.is_empty() {
             return Ok(());
         }
+        let changed = std::mem::take(&mut self.pending.changed);
         let views: Vec<_> = changed.iter().map(|k| live.view(k)).collect();
         let accuracy = live.accuracy();
         let summary_changed = state.accuracy != accuracy;
@@ -344,14 +370,16 @@ impl Poller {
         now: Instant,
     ) -> anyhow::Result<BTreeSet<Key>> {
         let from = self.raw.from(now);
+        // No upper id bound (ids have gaps: every replayed duplicate and rolled-back insert uses
+        // one up); the limit covers the rows read again in the margin and a batch of new ones.
         let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(&format!(
             "SELECT id, asset_id_base, asset_id_quote, CAST({} DIV {} AS SIGNED) FROM raw_coin_data \
-             WHERE id > ? AND id <= ? ORDER BY id",
+             WHERE id > ? ORDER BY id LIMIT ?",
             us("`time`"),
             spec.slide_us
         ))
         .bind(from)
-        .bind(self.raw.seen.max(from) + RAW_BATCH)
+        .bind(self.raw.reread(from) + RAW_BATCH)
         .fetch_all(self.pool())
         .await?;
         let mut dirty = BTreeSet::new();
@@ -373,12 +401,13 @@ impl Poller {
         let from = self.late.from(now);
         let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(&format!(
             "SELECT id, asset_id_base, asset_id_quote, CAST({} DIV {} AS SIGNED) FROM late_events \
-             WHERE id > ? AND consumer_group = ? ORDER BY id LIMIT 10000",
+             WHERE id > ? AND consumer_group = ? ORDER BY id LIMIT ?",
             us("`time`"),
             spec.slide_us
         ))
         .bind(from)
         .bind(&self.shared.settings.source.group)
+        .bind(self.late.reread(from) + RAW_BATCH)
         .fetch_all(self.pool())
         .await?;
         let mut dirty = BTreeSet::new();

@@ -34,6 +34,9 @@ use protocol::Frame;
 /// No message for this long: the connection is dead.
 pub const SILENCE: Duration = Duration::from_secs(5);
 
+/// The longest the statistics may hold the read loop each second.
+const TICK_LIMIT: Duration = Duration::from_secs(2);
+
 type Conn = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Where and what to subscribe.
@@ -178,12 +181,14 @@ impl WsSource {
                             last_seen = Instant::now();
                             text
                         }
-                        Err(_) if switch.ready.is_some() => {
+                        Err(reason) => {
+                            if !switch.finish_opening().await? {
+                                return Ok(End::Lost(reason));
+                            }
                             self.switch_over(&mut conn, &mut switch, "the old connection closed").await;
                             last_seen = Instant::now();
                             continue;
                         }
-                        Err(reason) => return Ok(End::Lost(reason)),
                     }
                 }
                 opened = async { switch.opening.as_mut().expect("guarded").await }, if switch.opening.is_some() => {
@@ -197,16 +202,19 @@ impl WsSource {
                     continue;
                 }
                 _ = ticker.tick() => {
-                    observer.tick(&self.totals, publisher).await;
+                    // Failed deliveries are re-sent (and stop the producer after a minute).
+                    publisher.check()?;
+                    // Statistics must not hold the connection up (a slow database write).
+                    let _ = tokio::time::timeout(TICK_LIMIT, observer.tick(&self.totals, publisher)).await;
                     continue;
                 }
                 () = tokio::time::sleep_until(last_seen + SILENCE) => {
-                    if switch.ready.is_some() {
-                        self.switch_over(&mut conn, &mut switch, "the old connection went silent").await;
-                        last_seen = Instant::now();
-                        continue;
+                    if !switch.finish_opening().await? {
+                        return Ok(End::Lost(format!("no message for {SILENCE:?}")));
                     }
-                    return Ok(End::Lost(format!("no message for {SILENCE:?}")));
+                    self.switch_over(&mut conn, &mut switch, "the old connection went silent").await;
+                    last_seen = Instant::now();
+                    continue;
                 }
             };
             if let Some(end) = self.handle(text.as_str(), publisher, backoff, &mut switch)? {
@@ -225,8 +233,12 @@ impl WsSource {
     ) -> Result<Option<End>, WsError> {
         match protocol::parse(text, Utc::now()) {
             Ok(Frame::Exrate(update)) => {
-                backoff.reset();
-                self.publish(update, publisher)?;
+                // Rates flow again: the next loss starts the backoff from the beginning. (Not
+                // on a repeat: a server that repeats a snapshot and drops us must not get a
+                // fast loop.)
+                if self.publish(update, publisher)? {
+                    backoff.reset();
+                }
             }
             Ok(Frame::Heartbeat) => self.totals.heartbeats += 1,
             Ok(Frame::Reconnect { within }) => switch.start(&self.config, within),
@@ -263,11 +275,12 @@ impl WsSource {
         );
     }
 
+    /// Publishes `update` unless it is not newer than the last of its pair; whether it did.
     fn publish(
         &mut self,
         update: common::RateUpdate,
         publisher: &mut Publisher,
-    ) -> Result<(), WsError> {
+    ) -> Result<bool, WsError> {
         self.totals.received += 1;
         if self
             .last_published
@@ -275,12 +288,12 @@ impl WsSource {
             .is_some_and(|last| update.time <= *last)
         {
             self.totals.unchanged += 1;
-            return Ok(());
+            return Ok(false);
         }
         publisher.send(&update)?;
         self.last_published.insert(update.pair, update.time);
         self.totals.published += 1;
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -307,6 +320,18 @@ impl Switch {
         self.opening = Some(tokio::spawn(async move { open(&config).await }));
     }
 
+    /// The old connection ended: is there a new one to go on with? Waits for one still opening
+    /// (its connect is bounded) rather than leave a gap.
+    async fn finish_opening(&mut self) -> Result<bool, WsError> {
+        if self.ready.is_none() {
+            if let Some(opening) = self.opening.as_mut() {
+                let opened = opening.await;
+                self.opened(opened)?;
+            }
+        }
+        Ok(self.ready.is_some())
+    }
+
     fn opened(
         &mut self,
         opened: Result<Result<Conn, OpenError>, tokio::task::JoinError>,
@@ -325,6 +350,15 @@ impl Switch {
             Err(e) => tracing::warn!(error = %e, "opening the new connection failed"),
         }
         Ok(())
+    }
+}
+
+impl Drop for Switch {
+    /// A connection still opening when its reader gives up is not left running.
+    fn drop(&mut self) {
+        if let Some(opening) = &self.opening {
+            opening.abort();
+        }
     }
 }
 
