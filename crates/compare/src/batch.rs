@@ -14,7 +14,7 @@
 //! order floating-point sums are added in (compared within 1e-9 relative).
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, HashSet},
     time::Instant,
 };
 
@@ -261,9 +261,9 @@ pub async fn compute(
 /// `TO_SECONDS('1970-01-01')`: seconds from year 0 to the epoch.
 const EPOCH_TO_SECONDS: i64 = 62_167_219_200;
 
-/// A row's slide bucket, `floor(time_us / slide_us)`, in SQL: through `TO_SECONDS` when the slide
+/// A row's slide bucket, `floor(time_us / slide_us)`, in SQL (of a table aliased `r`): through `TO_SECONDS` when the slide
 /// is whole seconds (a third cheaper per row than the microsecond difference).
-fn bucket_sql(spec: WindowSpec) -> String {
+pub(crate) fn bucket_sql(spec: WindowSpec) -> String {
     if spec.slide_us % 1_000_000 == 0 {
         format!(
             "CAST((TO_SECONDS(r.`time`) - {EPOCH_TO_SECONDS}) DIV {} AS SIGNED)",
@@ -404,17 +404,6 @@ async fn window_from_rows(
         }
     }
     Ok(out)
-}
-
-/// The pairs present in `raw_coin_data` or `stream_agg` (read through their pair indexes).
-pub async fn pairs(pool: &MySqlPool) -> anyhow::Result<BTreeSet<(String, String)>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT DISTINCT asset_id_base, asset_id_quote FROM stream_agg \
-         UNION SELECT DISTINCT asset_id_base, asset_id_quote FROM raw_coin_data",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
 }
 
 #[cfg(test)]

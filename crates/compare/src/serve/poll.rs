@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::{live::Live, pipeline, Event, Shared};
 use crate::{
     accuracy::{Key, Status},
-    batch::{self, us, Scope},
+    batch::{self, Scope},
     queries::{self, StreamRow},
 };
 
@@ -279,9 +279,11 @@ impl Poller {
         let now = Instant::now();
         let stream_rows = self.stream_changes(&scope).await?;
         self.pending.stream.extend(stream_rows);
-        let dirty = self.raw_changes(spec, now).await?;
+        let pool = &self.shared.pool;
+        let dirty = bucket_changes(pool, &mut self.raw, spec, now, None).await?;
         self.pending.dirty.extend(dirty);
-        let dirty = self.late_changes(spec, now).await?;
+        let group = Some(self.shared.settings.source.group.as_str());
+        let dirty = bucket_changes(pool, &mut self.late, spec, now, group).await?;
         self.pending.dirty.extend(dirty);
         let mut state = self.shared.state.write().await;
         let Some(live) = state.live.as_mut() else {
@@ -363,63 +365,6 @@ impl Poller {
         Ok(out)
     }
 
-    /// Slide buckets with new raw rows.
-    async fn raw_changes(
-        &mut self,
-        spec: WindowSpec,
-        now: Instant,
-    ) -> anyhow::Result<BTreeSet<Key>> {
-        let from = self.raw.from(now);
-        // No upper id bound (ids have gaps: every replayed duplicate and rolled-back insert uses
-        // one up); the limit covers the rows read again in the margin and a batch of new ones.
-        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(&format!(
-            "SELECT id, asset_id_base, asset_id_quote, CAST({} DIV {} AS SIGNED) FROM raw_coin_data \
-             WHERE id > ? ORDER BY id LIMIT ?",
-            us("`time`"),
-            spec.slide_us
-        ))
-        .bind(from)
-        .bind(self.raw.reread(from) + RAW_BATCH)
-        .fetch_all(self.pool())
-        .await?;
-        let mut dirty = BTreeSet::new();
-        for (id, b, q, bucket) in rows {
-            if self.raw.fresh(id) {
-                dirty.insert((b, q, bucket));
-            }
-        }
-        self.raw.tick_done(now);
-        Ok(dirty)
-    }
-
-    /// Slide buckets of new late events.
-    async fn late_changes(
-        &mut self,
-        spec: WindowSpec,
-        now: Instant,
-    ) -> anyhow::Result<BTreeSet<Key>> {
-        let from = self.late.from(now);
-        let rows: Vec<(i64, String, String, i64)> = sqlx::query_as(&format!(
-            "SELECT id, asset_id_base, asset_id_quote, CAST({} DIV {} AS SIGNED) FROM late_events \
-             WHERE id > ? AND consumer_group = ? ORDER BY id LIMIT ?",
-            us("`time`"),
-            spec.slide_us
-        ))
-        .bind(from)
-        .bind(&self.shared.settings.source.group)
-        .bind(self.late.reread(from) + RAW_BATCH)
-        .fetch_all(self.pool())
-        .await?;
-        let mut dirty = BTreeSet::new();
-        for (id, b, q, bucket) in rows {
-            if self.late.fresh(id) {
-                dirty.insert((b, q, bucket));
-            }
-        }
-        self.late.tick_done(now);
-        Ok(dirty)
-    }
-
     /// The services' statistics, pushed as the panel.
     async fn pipeline(&mut self) -> anyhow::Result<()> {
         let mut state = self.shared.state.write().await;
@@ -475,6 +420,45 @@ pub fn dirty_ranges(spec: WindowSpec, scope: &Scope, dirty: &BTreeSet<Key>) -> V
         }
     }
     out
+}
+
+/// Slide buckets of the rows new since the last tick: of `raw_coin_data`, or of `late_events` of
+/// aggregator group `group`. No upper id bound (ids have gaps: every replayed duplicate and
+/// rolled-back insert uses one up); the limit covers the rows read again in the margin and a batch
+/// of new ones.
+async fn bucket_changes(
+    pool: &MySqlPool,
+    cursor: &mut IdCursor,
+    spec: WindowSpec,
+    now: Instant,
+    group: Option<&str>,
+) -> anyhow::Result<BTreeSet<Key>> {
+    let from = cursor.from(now);
+    let (table, condition) = match group {
+        None => ("raw_coin_data", ""),
+        Some(_) => ("late_events", " AND consumer_group = ?"),
+    };
+    let sql = format!(
+        "SELECT id, asset_id_base, asset_id_quote, {} FROM {table} r \
+         WHERE id > ?{condition} ORDER BY id LIMIT ?",
+        batch::bucket_sql(spec),
+    );
+    let mut query = sqlx::query_as::<_, (i64, String, String, i64)>(&sql).bind(from);
+    if let Some(group) = group {
+        query = query.bind(group);
+    }
+    let rows = query
+        .bind(cursor.reread(from) + RAW_BATCH)
+        .fetch_all(pool)
+        .await?;
+    let mut dirty = BTreeSet::new();
+    for (id, b, q, bucket) in rows {
+        if cursor.fresh(id) {
+            dirty.insert((b, q, bucket));
+        }
+    }
+    cursor.tick_done(now);
+    Ok(dirty)
 }
 
 #[cfg(test)]

@@ -53,11 +53,9 @@ pub struct WsConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WsTotals {
     pub received: u64,
-    pub published: u64,
     /// Not newer than the last published for its pair.
     pub unchanged: u64,
     pub malformed: u64,
-    pub heartbeats: u64,
     /// Connections opened again (lost, or asked for by the server).
     pub reconnects: u64,
 }
@@ -240,7 +238,7 @@ impl WsSource {
                     backoff.reset();
                 }
             }
-            Ok(Frame::Heartbeat) => self.totals.heartbeats += 1,
+            Ok(Frame::Heartbeat) => {} // alive: `last_seen` moved
             Ok(Frame::Reconnect { within }) => switch.start(&self.config, within),
             Ok(Frame::Error(message)) if protocol::is_key_error(&message) => {
                 return Err(WsError::InvalidKey(message))
@@ -292,7 +290,6 @@ impl WsSource {
         }
         publisher.send(&update)?;
         self.last_published.insert(update.pair, update.time);
-        self.totals.published += 1;
         Ok(true)
     }
 }
