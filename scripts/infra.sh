@@ -86,21 +86,40 @@ broker_up() {
     return 0
   fi
   build_tansu
+  start_tansu && return 0
+  # Tansu's data is test data only: when it will not start on what an earlier run left (a store
+  # from another version, a half-written file), keep that aside and start on a fresh one, once.
+  local aside="$STATE_DIR/tansu.failed.$(date +%s)"
+  say "broker: Tansu would not start on its data; moving it to $aside and starting on a fresh store"
+  mv "$STATE_DIR/tansu" "$aside"
+  cp "$STATE_DIR/tansu.log" "$aside/tansu.log" 2>/dev/null || true
+  start_tansu || die "Tansu exited at start-up on a fresh store too (log: $STATE_DIR/tansu.log)"
+}
+
+# Starts Tansu in $STATE_DIR/tansu; 0 once it listens, 1 (its log shown) when it exits first.
+start_tansu() {
   mkdir -p "$STATE_DIR/tansu"
   say "broker: starting Tansu at $KAFKA_ADDR (data in $STATE_DIR/tansu)"
   (
     cd "$STATE_DIR/tansu"
-    setsid nohup "$TANSU" broker \
+    exec setsid "$TANSU" broker \
       --listener-url "tcp://$KAFKA_ADDR" --advertised-listener-url "tcp://$KAFKA_ADDR" \
-      --storage-engine "sqlite://tansu.db" </dev/null >"$STATE_DIR/tansu.log" 2>&1 &
-    echo $! >"$STATE_DIR/tansu.pid"
-  )
+      --storage-engine "sqlite://tansu.db" </dev/null >"$STATE_DIR/tansu.log" 2>&1
+  ) &
+  local pid=$!
+  echo "$pid" >"$STATE_DIR/tansu.pid"
   for _ in $(seq 1 120); do
     if port_open 127.0.0.1 "$KAFKA_PORT"; then
       say "broker: ready"
       return 0
     fi
-    pid_alive tansu tansu || { tail -20 "$STATE_DIR/tansu.log" >&2; die "Tansu exited at start-up (log: $STATE_DIR/tansu.log)"; }
+    # The process itself, not its command line: until the exec above it is still this shell.
+    if ! kill -0 "$pid" 2>/dev/null; then
+      say "broker: Tansu exited at start-up; the end of its log:"
+      tail -20 "$STATE_DIR/tansu.log" >&2
+      rm -f "$STATE_DIR/tansu.pid"
+      return 1
+    fi
     sleep 0.5
   done
   die "Tansu did not open $KAFKA_ADDR within 60 s (log: $STATE_DIR/tansu.log)"
@@ -112,6 +131,8 @@ broker_up() {
 # Chromium and ChromeDriver (the dashboard's browser test).
 tools_up() {
   local missing=()
+  # A C toolchain: librdkafka (rdkafka-sys), the broker's SQLite and the bench's C shim build with it.
+  command -v cc >/dev/null && command -v make >/dev/null || missing+=(build-essential)
   dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
   command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
