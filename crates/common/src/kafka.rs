@@ -48,10 +48,12 @@ pub fn consumer_defaults(mut c: ClientConfig, group_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        // Bound the prefetch queue (default 64 MB): batches are far smaller, memory stays low.
-        // When the queue is full librdkafka pauses fetching for `fetch.queue.backoff.ms`
-        // (default 1 s, which throttled a fast consumer to a crawl): resume soon instead.
-        .set("queued.max.messages.kbytes", "4096")
+        // Bound the prefetch queue (default 64 MB): batches are far smaller, memory stays low
+        // (raw-consumer at full speed: 4 MB gave a peak RSS of 50.6 MB, 2 MB 39 MB at the same
+        // rate; docs/benchmarks.md). When the queue is full librdkafka pauses fetching for
+        // `fetch.queue.backoff.ms` (default 1 s, which throttled a fast consumer to a crawl):
+        // resume soon instead.
+        .set("queued.max.messages.kbytes", "2048")
         .set("fetch.queue.backoff.ms", "20")
         // A fetch that finds nothing new returns after 100 ms instead of 500: brokers that hold a
         // fetch for the whole wait (the test broker pads every fetch to at least half of it)

@@ -40,14 +40,14 @@ use crate::{aggregator::Aggregator, engine::Mode, outbox::Outbox};
 
 const SERVICE: &str = "stream-aggregator";
 
-/// Consumer settings of the aggregator. Latency: a fetch that finds nothing new returns within
-/// 10 ms (brokers that hold an empty fetch for the whole wait otherwise add up to 500 ms).
-/// Memory: librdkafka keeps a ~200-byte operation per prefetched message besides the message, and
-/// up to 100,000 messages per partition by default; a smaller prefetch (re-filled every 5 ms)
-/// keeps the aggregator under 50 MB at full speed (docs/benchmarks.md).
-const TUNING: [(&str, &str); 4] = [
+/// Consumer settings of the aggregator, over the shared ones (which bound the prefetch to 2 MB).
+/// Latency: a fetch that finds nothing new returns within 10 ms (brokers that hold an empty fetch
+/// for the whole wait otherwise add up to 500 ms). Memory: librdkafka keeps a ~200-byte operation
+/// per prefetched message besides the message, and up to 100,000 messages per partition by
+/// default; fewer (re-filled every 5 ms) keep the aggregator under 50 MB at full speed
+/// (docs/benchmarks.md).
+const TUNING: [(&str, &str); 3] = [
     ("fetch.wait.max.ms", "10"),
-    ("queued.max.messages.kbytes", "2048"),
     ("queued.min.messages", "20000"),
     ("fetch.queue.backoff.ms", "5"),
 ];

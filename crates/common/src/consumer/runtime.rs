@@ -328,6 +328,11 @@ impl<P: Processor> Runtime<'_, P> {
         if consumer.context().pending() {
             self.apply_rebalances(consumer).await?;
         }
+        // The first write after an assignment goes at once, not at the batch or flush deadline:
+        // a restarted instance shows progress (and frees its lag) as soon as it can.
+        if self.assigned_at.is_some() {
+            self.start_write()?;
+        }
         Ok(())
     }
 
