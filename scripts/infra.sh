@@ -37,6 +37,8 @@ APP_USER=coinstream
 APP_PASSWORD=${COINSTREAM_APP_PASSWORD:-coinstream}
 TEST_USER=coinstream_test
 TEST_PASSWORD=coinstream_test
+READER_USER=coinstream_reader
+READER_PASSWORD=coinstream_reader
 
 say() { printf 'infra: %s\n' "$*" >&2; }
 die() { printf 'infra: error: %s\n' "$*" >&2; exit 1; }
@@ -194,7 +196,7 @@ db_up() {
   {
     echo "CREATE DATABASE IF NOT EXISTS \`$APP_DB\` CHARACTER SET utf8mb4;"
     for host in localhost 127.0.0.1; do
-      for user in "$APP_USER:$APP_PASSWORD" "$TEST_USER:$TEST_PASSWORD"; do
+      for user in "$APP_USER:$APP_PASSWORD" "$TEST_USER:$TEST_PASSWORD" "$READER_USER:$READER_PASSWORD"; do
         echo "CREATE USER IF NOT EXISTS '${user%%:*}'@'$host' IDENTIFIED BY '${user#*:}';"
         echo "ALTER USER '${user%%:*}'@'$host' IDENTIFIED BY '${user#*:}';"
       done
@@ -204,6 +206,10 @@ db_up() {
       echo "GRANT ALL PRIVILEGES ON \`coinstream_demo\`.* TO '$APP_USER'@'$host';"
       # The test kit: creates and drops its own cstest_* databases, nothing else.
       echo "GRANT ALL PRIVILEGES ON \`cstest\\_%\`.* TO '$TEST_USER'@'$host';"
+      # Read-only: what the dashboard (compare serve) needs, for the test that runs it so and for
+      # users who give it an account of its own.
+      echo "GRANT SELECT ON \`cstest\\_%\`.* TO '$READER_USER'@'$host';"
+      echo "GRANT SELECT ON \`$APP_DB\`.* TO '$READER_USER'@'$host';"
     done
   } | admin_sql || die "creating the database and users failed (does $ADMIN_USER have CREATE USER and GRANT?)"
 }
@@ -217,6 +223,7 @@ MYSQL_USER=$APP_USER
 MYSQL_PASSWORD=$APP_PASSWORD
 MYSQL_DATABASE=$APP_DB
 COINSTREAM_TEST_MYSQL_URL=mysql://$TEST_USER:$TEST_PASSWORD@$DB_HOST:$DB_PORT
+COINSTREAM_TEST_READER_MYSQL_URL=mysql://$READER_USER:$READER_PASSWORD@$DB_HOST:$DB_PORT
 ENV
   if command -v prometheus >/dev/null; then
     echo "COINSTREAM_TEST_PROMETHEUS=$(command -v prometheus)"

@@ -1,7 +1,8 @@
 //! `compare serve` in a real browser: Debian's Chromium, driven through ChromeDriver (WebDriver,
 //! by fantoccini), over a pipeline running on the real broker and MariaDB.
 //!
-//! The page loads without a console error and draws a chart per pair; windows the running
+//! The page loads without a console error (Chromium's own console log, read through ChromeDriver,
+//! and the page's error catcher) and draws a chart per pair; windows the running
 //! aggregator writes appear on the page within 2 s; a window made to differ from batch is marked;
 //! the pair selector shows one chart; the database going away is said on the page, which recovers
 //! by itself when it returns; so is the server going away, and the page reconnects to its
@@ -56,6 +57,7 @@ impl Browser {
             common::testing::unique_suffix()
         ));
         let caps = json!({
+            "goog:loggingPrefs": { "browser": "ALL" },
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
@@ -119,11 +121,48 @@ impl Browser {
             .await
     }
 
+    /// Chromium's console entries at level SEVERE since the last call (errors, failed loads,
+    /// uncaught exceptions: what the developer tools' console shows in red).
+    async fn console_errors(&self) -> Vec<Value> {
+        let entries = self
+            .client
+            .issue_cmd(BrowserLog)
+            .await
+            .unwrap_or_else(|e| panic!("reading Chromium's console log: {e}"));
+        let entries = entries.as_array().cloned().unwrap_or_default();
+        entries
+            .into_iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .collect()
+    }
+
     async fn close(mut self) {
         let _ = self.client.clone().close().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// ChromeDriver's log command (`POST /session/{id}/se/log`, type `browser`): the console entries
+/// since the last call. fantoccini has no method for it.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _url: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
     }
 }
 
@@ -180,12 +219,14 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     let base = format!("http://127.0.0.1:{port}");
     let mut serve = service_command(env!("CARGO_BIN_EXE_compare"), &db, &kafka.bootstrap_servers);
     serve
-        .env("DATABASE_URL", proxy.database_url(&db))
+        // The dashboard needs nothing but SELECT: it runs on an account that may do nothing else.
+        .env("DATABASE_URL", proxy.reader_database_url(&db))
         .args(["serve", "--group", &kafka.group("agg")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(log_to(&logs, "compare-serve"));
     services.0.push(serve.spawn().unwrap());
+    check_reader_cannot_write(&db).await;
     wait_healthy(&base).await;
     check_healthcheck_flag(&db, port);
     check_api_rejects_bad_input(&base).await;
@@ -212,6 +253,12 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     println!("row written → on the page: {delays:?}");
     check_a_difference_is_marked(&browser, &db, &pairs[1]).await;
     check_pair_selector(&browser, &pairs[2]).await;
+    // Up to here nothing went wrong on purpose: the console holds no error at all.
+    assert_eq!(
+        browser.console_errors().await,
+        Vec::<Value>::new(),
+        "Chromium's console"
+    );
     screenshot(&browser).await;
     check_database_down_and_back(&browser, &proxy).await;
     // The server restarted: the page says it lost the connection, reconnects by itself and
@@ -229,6 +276,35 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     }
     check_static_report(&browser, &db, &kafka, &logs).await;
     browser.close().await;
+}
+
+/// The account `compare serve` runs on here reads the tables and may not change them.
+async fn check_reader_cannot_write(db: &TestDb) {
+    use sqlx::{ConnectOptions, Connection};
+    let options: sqlx::mysql::MySqlConnectOptions = db.reader_database_url().parse().unwrap();
+    let mut reader = options
+        .connect()
+        .await
+        .expect("the read-only account connects");
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stream_agg")
+        .fetch_one(&mut reader)
+        .await
+        .expect("the read-only account reads");
+    assert!(rows >= 0);
+    let write = sqlx::query("DELETE FROM comparison_runs")
+        .execute(&mut reader)
+        .await;
+    let denied = write
+        .as_ref()
+        .err()
+        .and_then(|e| e.as_database_error())
+        .and_then(|e| e.code());
+    assert_eq!(
+        denied.as_deref(),
+        Some("42000"),
+        "a write as the reader is refused: {write:?}"
+    );
+    let _ = reader.close().await;
 }
 
 async fn wait_healthy(base: &str) {
@@ -552,6 +628,9 @@ async fn check_static_report(browser: &Browser, db: &TestDb, kafka: &TestKafka, 
         "report written: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // What the dashboard's induced failures (database down, server restarted) logged.
+    let induced = browser.console_errors().await;
+    println!("console errors while failures were induced: {induced:?}");
     browser
         .client
         .goto(&format!("file://{}", path.display()))
@@ -570,4 +649,9 @@ async fn check_static_report(browser: &Browser, db: &TestDb, kafka: &TestKafka, 
         "the report's charts, with the changed window marked"
     );
     assert_eq!(browser.errors().await, json!([]), "report console errors");
+    assert_eq!(
+        browser.console_errors().await,
+        Vec::<Value>::new(),
+        "Chromium's console on the report"
+    );
 }

@@ -177,6 +177,45 @@ async fn check_tables_and_report(p: &Pipeline<'_>) {
         .unwrap();
     assert_eq!(runs, 1);
     check_filters(p, &json);
+    check_wrong_group(p);
+}
+
+/// A `--group` that is not the aggregator's (a typo) stops with a configuration error naming the
+/// setting; with a window spec that matches none of the stream's windows the report says it
+/// compared nothing and fails.
+fn check_wrong_group(p: &Pipeline<'_>) {
+    let run = |extra: &[&str]| {
+        let out = service_command(
+            env!("CARGO_BIN_EXE_compare"),
+            p.db,
+            &p.kafka.bootstrap_servers,
+        )
+        .args(["--group", &format!("{}-typo", p.kafka.group("agg"))])
+        .args(extra)
+        .output()
+        .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, _, stderr) = run(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("AGGREGATOR_GROUP") && stderr.contains("no window spec recorded"),
+        "{stderr}"
+    );
+    // 7 s windows: the stream's are 10 s, so no window of the one side is a window of the other.
+    let (_, stdout, stderr) = run(&["--window", "7s", "--format", "json"]);
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(json["accuracy"]["matched"], 0, "{}", json["accuracy"]);
+    assert_eq!(json["accuracy"]["passed"], false, "{}", json["accuracy"]);
+    let (code, stdout, stderr) = run(&["--window", "7s", "--fail-on-mismatch"]);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("FAIL"),
+        "the report says it failed:\n{stdout}"
+    );
+    assert!(stderr.contains("nothing was compared"), "{stderr}");
 }
 
 /// `--pair`, `--since` and `--until` narrow the report to the windows asked for.

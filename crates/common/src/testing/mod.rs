@@ -4,6 +4,9 @@
 //! Servers come from `scripts/infra.sh up`:
 //! - `COINSTREAM_TEST_MYSQL_URL` (default `mysql://coinstream_test:coinstream_test@127.0.0.1:3306`):
 //!   an account allowed to create and drop databases named `cstest_*`.
+//! - `COINSTREAM_TEST_READER_MYSQL_URL` (default: the same server as account
+//!   `coinstream_reader:coinstream_reader`): an account that may only read (`SELECT`) the `cstest_*`
+//!   databases, for what must work read-only (the dashboard).
 //! - `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
 //!
 //! Set `COINSTREAM_TEST_KEEP=1` to keep a test's database after it, for debugging.
@@ -119,6 +122,18 @@ impl TestDb {
     /// `DATABASE_URL` for a service process under test.
     pub fn database_url(&self) -> String {
         format!("{}/{}", self.server_url.trim_end_matches('/'), self.name)
+    }
+
+    /// `DATABASE_URL` of this database for the read-only account (`SELECT` only).
+    pub fn reader_database_url(&self) -> String {
+        let server = std::env::var("COINSTREAM_TEST_READER_MYSQL_URL").unwrap_or_else(|_| {
+            let host = self
+                .server_url
+                .rsplit_once('@')
+                .map_or("127.0.0.1:3306", |(_, h)| h);
+            format!("mysql://coinstream_reader:coinstream_reader@{host}")
+        });
+        format!("{}/{}", server.trim_end_matches('/'), self.name)
     }
 
     /// Kills every session on this database, as a failover would (the kit's own pool reconnects);

@@ -61,9 +61,9 @@ impl DbProxy {
         }
     }
 
-    /// `DATABASE_URL` of `db` through the proxy.
-    pub fn database_url(&self, db: &TestDb) -> String {
-        db.database_url()
+    /// `DATABASE_URL` of `db` through the proxy, for the read-only account (`SELECT` only).
+    pub fn reader_database_url(&self, db: &TestDb) -> String {
+        db.reader_database_url()
             .replacen(&upstream(), &format!("127.0.0.1:{}", self.port), 1)
     }
 
