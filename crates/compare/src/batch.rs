@@ -14,7 +14,7 @@
 //! order floating-point sums are added in (compared within 1e-9 relative).
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     time::Instant,
 };
 
@@ -258,6 +258,52 @@ pub async fn compute(
     })
 }
 
+/// Ids read again below the highest one read before: rows whose transaction took its id earlier
+/// but committed later (the raw consumer's batches, several instances).
+pub const REREAD_IDS: i64 = 20_000;
+
+/// The window ranges to recompute for marked slide buckets `(base, quote, bucket)`: per pair, the
+/// starts of every window over a marked bucket, merged where they touch, within the scope.
+pub fn dirty_ranges(spec: WindowSpec, scope: &Scope, dirty: &BTreeSet<Key>) -> Vec<Scope> {
+    let k = spec.windows_per_event();
+    let mut by_pair: BTreeMap<(&str, &str), Vec<(i64, i64)>> = BTreeMap::new();
+    for (b, q, bucket) in dirty {
+        // Windows over bucket n start at (n - k + 1) .. n slides.
+        let first = (bucket - k + 1) * spec.slide_us;
+        let last = bucket * spec.slide_us;
+        let ranges = by_pair.entry((b.as_str(), q.as_str())).or_default();
+        match ranges.last_mut() {
+            Some((_, end)) if first <= *end + spec.slide_us => *end = (*end).max(last),
+            _ => ranges.push((first, last)),
+        }
+    }
+    let mut out = Vec::new();
+    for ((b, q), ranges) in by_pair {
+        let Ok(pair) = format!("{b}/{q}").parse() else {
+            continue;
+        };
+        for (first, last) in ranges {
+            let mut since = DateTime::<Utc>::from_timestamp_micros(first);
+            let mut until = DateTime::<Utc>::from_timestamp_micros(last + 1);
+            if let (Some(s), Some(lo)) = (scope.since, since) {
+                since = Some(s.max(lo));
+            }
+            if let (Some(u), Some(hi)) = (scope.until, until) {
+                until = Some(u.min(hi));
+            }
+            if scope.pair.is_some_and(|p| p != pair) || since >= until {
+                continue;
+            }
+            out.push(Scope {
+                pair: Some(pair),
+                since,
+                until,
+            });
+        }
+    }
+    out
+}
+
 /// `TO_SECONDS('1970-01-01')`: seconds from year 0 to the epoch.
 const EPOCH_TO_SECONDS: i64 = 62_167_219_200;
 
@@ -411,6 +457,32 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn marked_buckets_become_merged_window_ranges() {
+        let spec = WindowSpec::sliding(30, 10);
+        let b = |n: i64| ("BTC".to_string(), "USD".to_string(), n);
+        let dirty = BTreeSet::from([b(5), b(6), b(20), ("ETH".into(), "USD".into(), 1)]);
+        let ranges = dirty_ranges(spec, &Scope::default(), &dirty);
+        let got: Vec<(String, i64, i64)> = ranges
+            .iter()
+            .map(|s| {
+                (
+                    s.pair.unwrap().to_string(),
+                    s.since.unwrap().timestamp_micros(),
+                    s.until.unwrap().timestamp_micros(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("BTC/USD".into(), 30, 61),
+                ("BTC/USD".into(), 180, 201),
+                ("ETH/USD".into(), -10, 11)
+            ]
+        );
+    }
 
     /// Reference: every window straight from events, excluded ones left out.
     fn direct(spec: WindowSpec, events: &[(i64, f64)], late: &[Late]) -> BTreeMap<Key, Partial> {

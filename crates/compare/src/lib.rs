@@ -4,6 +4,7 @@
 
 pub mod accuracy;
 pub mod batch;
+pub mod incremental;
 pub mod queries;
 pub mod report;
 pub mod serve;
@@ -22,6 +23,7 @@ use common::{
 use crate::{
     accuracy::{compare, Agg, Key, StreamWindow},
     batch::{Batch, Scope},
+    incremental::BatchMode,
     queries::ServiceFigures,
     report::Report,
 };
@@ -145,6 +147,10 @@ pub struct ReportArgs {
     /// Exit non-zero when accuracy fails.
     #[arg(long = "fail-on-mismatch")]
     pub fail_on_mismatch: bool,
+    /// Recompute every window (and store them afresh) instead of only the windows over rows
+    /// added since the last run.
+    #[arg(long = "full")]
+    pub full: bool,
 }
 
 fn parse_pair(s: &str) -> Result<Pair, String> {
@@ -200,6 +206,7 @@ pub fn assemble(s: Sides<'_>) -> Report {
         update_count_mismatches: count_mismatches,
         update_count_checked: checked,
         batch_seconds: s.batch.seconds,
+        batch_mode: BatchMode::Full,
         raw_rows: s.batch.raw_rows,
         batch_rows_per_second: if s.batch.seconds > 0.0 {
             s.batch.raw_rows as f64 / s.batch.seconds
@@ -217,7 +224,12 @@ pub fn assemble(s: Sides<'_>) -> Report {
 }
 
 /// Builds the report of a scope from the database.
-pub async fn build_report(pool: &sqlx::MySqlPool, source: &SourceArgs) -> anyhow::Result<Report> {
+/// The batch side is incremental where it can be ([`incremental`]); `full` recomputes everything.
+pub async fn build_report(
+    pool: &sqlx::MySqlPool,
+    source: &SourceArgs,
+    full: bool,
+) -> anyhow::Result<Report> {
     let Some(spec) = source.spec(pool).await? else {
         return Err(ConfigError::new(
             "AGGREGATOR_GROUP",
@@ -229,20 +241,23 @@ pub async fn build_report(pool: &sqlx::MySqlPool, source: &SourceArgs) -> anyhow
         .into());
     };
     let scope = source.scope();
-    let batch = batch::compute(pool, spec, &source.group, &scope).await?;
+    let (batch, batch_mode) = incremental::batch(pool, spec, &source.group, &scope, full).await?;
     let stream = queries::stream(pool, &scope).await?;
     let counts = queries::update_counts(pool, &scope).await?;
     let services = queries::services(pool).await?;
     let batch_latency_ms = queries::batch_latency(pool, batch.seconds).await?;
-    Ok(assemble(Sides {
-        group: &source.group,
-        spec,
-        stream: &stream,
-        batch: &batch,
-        counts: &counts,
-        services,
-        batch_latency_ms,
-    }))
+    Ok(Report {
+        batch_mode,
+        ..assemble(Sides {
+            group: &source.group,
+            spec,
+            stream: &stream,
+            batch: &batch,
+            counts: &counts,
+            services,
+            batch_latency_ms,
+        })
+    })
 }
 
 /// Stores the run in `comparison_runs`.
@@ -276,7 +291,7 @@ pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()>
         return serve::run(serve, ctx).await;
     }
     let pool = common::prepare(&settings.mysql, None).await?;
-    let report = build_report(&pool, &settings.source).await?;
+    let report = build_report(&pool, &settings.source, settings.report.full).await?;
     store(&pool, &report).await?;
     pool.close().await;
     let out = &settings.report;

@@ -10,7 +10,10 @@ use serde::Serialize;
 
 use common::window::WindowSpec;
 
-use crate::{accuracy::Accuracy, queries::ServiceFigures, serve::assets, view::WindowView};
+use crate::{
+    accuracy::Accuracy, incremental::BatchMode, queries::ServiceFigures, serve::assets,
+    view::WindowView,
+};
 
 /// Everything a run found.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +26,9 @@ pub struct Report {
     pub update_count_mismatches: usize,
     pub update_count_checked: usize,
     pub batch_seconds: f64,
+    /// Every window recomputed, or only those over rows new since the last run.
+    pub batch_mode: BatchMode,
+    /// Raw rows the batch side read (in an incremental run: of the recomputed windows).
     pub raw_rows: i64,
     pub batch_rows_per_second: f64,
     /// Stream latency from the aggregator: producer received -> committed in its window's row.
@@ -67,7 +73,12 @@ impl Report {
                 } else {
                     "FAIL".into()
                 },
-                format!("{} windows recomputed", a.windows_compared),
+                match self.batch_mode {
+                    BatchMode::Full => format!("{} windows recomputed", a.windows_compared),
+                    BatchMode::Incremental { recomputed, stored } => format!(
+                        "{recomputed} windows recomputed, {stored} as of the last run (incremental)"
+                    ),
+                },
             ),
             (
                 "windows matched / mismatched".into(),

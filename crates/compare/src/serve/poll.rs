@@ -10,12 +10,12 @@
 //! A failed read marks the database down (pushed to the page), and the poller retries with backoff.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
+    collections::{BTreeSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{NaiveDateTime, Utc};
 use common::{backoff::Backoff, window::WindowSpec};
 use sqlx::MySqlPool;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +29,6 @@ use crate::{
 
 /// How far back each tick reads again (transactions commit out of order).
 const MARGIN: Duration = Duration::from_secs(10);
-/// At most this many ids are read again per tick (a bulk load does not make every tick reread it).
-const MAX_REREAD: i64 = 20_000;
 /// New raw rows read per tick.
 const RAW_BATCH: i64 = 50_000;
 /// Views per `windows` event.
@@ -77,7 +75,8 @@ impl IdCursor {
             self.floor = *s;
             self.history.pop_front();
         }
-        self.floor = self.floor.max(self.seen - MAX_REREAD);
+        // At most this many (a bulk load does not make every tick read it all again).
+        self.floor = self.floor.max(self.seen - batch::REREAD_IDS);
         let floor = self.floor;
         self.recent = self.recent.split_off(&(floor + 1));
         floor
@@ -302,7 +301,7 @@ impl Poller {
         }
         self.pending.changed.extend(changed);
         drop(state);
-        let ranges = dirty_ranges(spec, &scope, &self.pending.dirty);
+        let ranges = batch::dirty_ranges(spec, &scope, &self.pending.dirty);
         let mut recomputed = Vec::with_capacity(ranges.len());
         for range in &ranges {
             let b = batch::compute(self.pool(), spec, &self.shared.settings.source.group, range)
@@ -380,48 +379,6 @@ impl Poller {
     }
 }
 
-/// The window ranges to recompute for marked slide buckets `(base, quote, bucket)`: per pair, the
-/// starts of every window over a marked bucket, merged where they touch, within the scope.
-pub fn dirty_ranges(spec: WindowSpec, scope: &Scope, dirty: &BTreeSet<Key>) -> Vec<Scope> {
-    let k = spec.windows_per_event();
-    let mut by_pair: BTreeMap<(&str, &str), Vec<(i64, i64)>> = BTreeMap::new();
-    for (b, q, bucket) in dirty {
-        // Windows over bucket n start at (n - k + 1) .. n slides.
-        let first = (bucket - k + 1) * spec.slide_us;
-        let last = bucket * spec.slide_us;
-        let ranges = by_pair.entry((b.as_str(), q.as_str())).or_default();
-        match ranges.last_mut() {
-            Some((_, end)) if first <= *end + spec.slide_us => *end = (*end).max(last),
-            _ => ranges.push((first, last)),
-        }
-    }
-    let mut out = Vec::new();
-    for ((b, q), ranges) in by_pair {
-        let Ok(pair) = format!("{b}/{q}").parse() else {
-            continue;
-        };
-        for (first, last) in ranges {
-            let mut since = DateTime::<Utc>::from_timestamp_micros(first);
-            let mut until = DateTime::<Utc>::from_timestamp_micros(last + 1);
-            if let (Some(s), Some(lo)) = (scope.since, since) {
-                since = Some(s.max(lo));
-            }
-            if let (Some(u), Some(hi)) = (scope.until, until) {
-                until = Some(u.min(hi));
-            }
-            if scope.pair.is_some_and(|p| p != pair) || since >= until {
-                continue;
-            }
-            out.push(Scope {
-                pair: Some(pair),
-                since,
-                until,
-            });
-        }
-    }
-    out
-}
-
 /// Slide buckets of the rows new since the last tick: of `raw_coin_data`, or of `late_events` of
 /// aggregator group `group`. No upper id bound (ids have gaps: every replayed duplicate and
 /// rolled-back insert uses one up); the limit covers the rows read again in the margin and a batch
@@ -466,32 +423,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn marked_buckets_become_merged_window_ranges() {
-        let spec = WindowSpec::sliding(30, 10);
-        let b = |n: i64| ("BTC".to_string(), "USD".to_string(), n);
-        let dirty = BTreeSet::from([b(5), b(6), b(20), ("ETH".into(), "USD".into(), 1)]);
-        let ranges = dirty_ranges(spec, &Scope::default(), &dirty);
-        let got: Vec<(String, i64, i64)> = ranges
-            .iter()
-            .map(|s| {
-                (
-                    s.pair.unwrap().to_string(),
-                    s.since.unwrap().timestamp_micros(),
-                    s.until.unwrap().timestamp_micros(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("BTC/USD".into(), 30, 61),
-                ("BTC/USD".into(), 180, 201),
-                ("ETH/USD".into(), -10, 11)
-            ]
-        );
-    }
-
-    #[test]
     fn the_id_cursor_reads_a_margin_again_and_reports_each_id_once() {
         let t0 = Instant::now();
         let mut c = IdCursor::start(100);
@@ -509,7 +440,7 @@ mod tests {
         c.tick_done(t0 + MARGIN + Duration::from_secs(2));
         assert_eq!(
             c.from(t0 + MARGIN + Duration::from_secs(3)),
-            1_000_000 - MAX_REREAD
+            1_000_000 - batch::REREAD_IDS
         );
     }
 }
