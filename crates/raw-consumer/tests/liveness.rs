@@ -98,6 +98,17 @@ async fn a_member_that_stops_with_partitions_is_routed_around() {
         log.contains("partitions ready partitions=[0, 1, 2]"),
         "A took over the stopped member's partitions:\n{log}"
     );
+    // On the test broker the coordinator never hands a stopped member's partitions on by
+    // itself: A's watchdog saw them stall, said so (topic, group, lag) and rejoined.
+    let whole = std::fs::read_to_string(logs.join("a.log")).unwrap();
+    let warned = whole.lines().any(|l| {
+        l.contains("WARN")
+            && l.contains("rejoining the consumer group")
+            && l.contains(&format!("topic={topic}"))
+            && l.contains(&format!("group={group}"))
+            && l.contains("lag=")
+    });
+    assert!(warned, "A's watchdog warned and rejoined:\n{log}");
     assert_exact(&db, &all).await;
 }
 
