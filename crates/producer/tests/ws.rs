@@ -4,9 +4,12 @@
 //! One run goes through: the server not listening yet (refused: retried with backoff); the hello
 //! checked; a burst of exrates with heartbeats and malformed frames; a server-requested reconnect
 //! (a second connection opened, overlapping messages published once); an abrupt close; a silent
-//! connection (no heartbeat for 5 s: dead); then more exrates. Every exrate the server sent is on
-//! the topic exactly once, by pair and time to the microsecond, and the key is never in the log.
-//! A second test: an error about the key stops the producer with status 1 and the server's message.
+//! connection (no heartbeat for 5 s: dead); an error not about the key (reconnect); then a
+//! connection with nothing but heartbeats for 7 s (kept), and more exrates. Every exrate the
+//! server sent is on the topic exactly once, by pair and time to the microsecond, the key is never
+//! in the log, and `/metrics` counts the reconnects by reason.
+//! Two more tests: an error about the key, and HTTP 401 on the upgrade, stop the producer with
+//! status 1 and the server's message.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -137,20 +140,46 @@ async fn connection(i: usize, mut ws: Ws, seen: Arc<Seen>) {
             // Silent: no heartbeat. The client must give up on it after 5 s.
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
-        _ => {
-            for m in 1040..1100 {
+        4 => {
+            for m in 1040..1050 {
                 exrate(&mut ws, &seen, m).await;
             }
-            loop {
-                tokio::time::sleep(Duration::from_millis(900)).await;
-                if ws
-                    .send(Message::text(r#"{"type":"hearbeat"}"#))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+            // An error that is not about the key: the client opens a new connection.
+            let _ = ws
+                .send(Message::text(
+                    r#"{"type":"error","message":"Subscription service is restarting"}"#,
+                ))
+                .await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        5 => {
+            for m in 1050..1100 {
+                exrate(&mut ws, &seen, m).await;
             }
+            // Nothing but heartbeats for 7 s: the connection is alive and must be kept.
+            for _ in 0..8 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                heartbeat(&mut ws).await;
+            }
+            for m in 1100..1110 {
+                exrate(&mut ws, &seen, m).await;
+            }
+            heartbeats(&mut ws).await;
+        }
+        _ => heartbeats(&mut ws).await, // not expected: the test counts connections
+    }
+}
+
+/// A heartbeat after each ~second of silence, until the client goes.
+async fn heartbeats(ws: &mut Ws) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        if ws
+            .send(Message::text(r#"{"type":"hearbeat"}"#))
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -171,8 +200,12 @@ async fn serve(listener: TcpListener, seen: Arc<Seen>) {
 }
 
 fn producer(port: u16, kafka: &TestKafka, topic: &str, logs: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_producer"))
-        .args(["--source", "coinapi-ws", "--pairs", &PAIRS.join(",")])
+    producer_command(port, kafka, topic, logs).spawn().unwrap()
+}
+
+fn producer_command(port: u16, kafka: &TestKafka, topic: &str, logs: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_producer"));
+    c.args(["--source", "coinapi-ws", "--pairs", &PAIRS.join(",")])
         .args(["--backoff-initial", "200ms", "--backoff-max", "1s"])
         .env("COINAPI_WS_URL", format!("ws://127.0.0.1:{port}"))
         .env("COINAPI_KEY", KEY)
@@ -183,9 +216,8 @@ fn producer(port: u16, kafka: &TestKafka, topic: &str, logs: &std::path::Path) -
         .env("RUST_LOG", "info")
         .env("LOG_FORMAT", "pretty")
         .stdout(Stdio::null())
-        .stderr(log_to(logs, "producer"))
-        .spawn()
-        .unwrap()
+        .stderr(log_to(logs, "producer"));
+    c
 }
 
 /// (pair, time µs) of every message on the topic.
@@ -209,7 +241,11 @@ async fn every_pushed_rate_once_through_reconnects() {
     let logs = log_dir("producer-ws");
     let log = logs.join("producer.log");
     let port = free_port();
-    let mut child = producer(port, &kafka, &topic, &logs);
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut child = producer_command(port, &kafka, &topic, &logs)
+        .env("METRICS_ADDR", &metrics)
+        .spawn()
+        .unwrap();
     // Nothing listens yet: refused, retried with backoff.
     assert!(
         wait_for_log(&log, "reconnecting", Duration::from_secs(20)).await,
@@ -220,10 +256,10 @@ async fn every_pushed_rate_once_through_reconnects() {
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(serve(listener, seen.clone()));
 
-    until_connections(&seen, 4).await;
+    until_connections(&seen, 5).await;
     let last = (
         PAIRS[1].to_owned(),
-        (t0() + chrono::Duration::milliseconds(1099)).timestamp_micros(),
+        (t0() + chrono::Duration::milliseconds(1109)).timestamp_micros(),
     );
     let want: BTreeSet<(String, i64)> = loop {
         let sent = seen.sent.lock().unwrap().clone();
@@ -240,9 +276,35 @@ async fn every_pushed_rate_once_through_reconnects() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The fifth connection lived through 7 s of heartbeats alone: no sixth was opened.
+    assert_eq!(
+        seen.connections.load(Ordering::SeqCst),
+        5,
+        "{}",
+        tail(&log, 30)
+    );
+    let exposition = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     terminate(&child);
     let status = wait_for(&mut child, Duration::from_secs(30)).await;
     let text = std::fs::read_to_string(&log).unwrap();
+    let reconnects = |reason: &str| -> f64 {
+        let label = format!("reason=\"{reason}\"");
+        exposition
+            .lines()
+            .find(|l| {
+                l.starts_with("coinstream_coinapi_ws_reconnects_total{") && l.contains(&label)
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no reconnects with {label} in:\n{exposition}"))
+    };
+    assert_eq!(reconnects("requested"), 1.0, "{exposition}");
+    // Refused at least once, closed abruptly, silent, the error: each opened again.
+    assert!(reconnects("lost") >= 4.0, "{exposition}");
 
     let mut counts: BTreeMap<&(String, i64), usize> = BTreeMap::new();
     for g in &got {
@@ -271,6 +333,7 @@ async fn every_pushed_rate_once_through_reconnects() {
     for needle in [
         "switched to the new CoinAPI WebSocket connection",
         "no message for 5s",
+        "Subscription service is restarting",
         "malformed CoinAPI WebSocket message skipped",
         "{not json",
     ] {
@@ -294,8 +357,8 @@ async fn every_pushed_rate_once_through_reconnects() {
             .unwrap()
     };
     assert_eq!(field("malformed"), 2, "{finished}");
-    // Refused at least once, asked once, closed abruptly once, silent once.
-    assert!(field("reconnects") >= 4, "{finished}");
+    // Refused at least once, asked once, closed abruptly once, silent once, the error once.
+    assert!(field("reconnects") >= 5, "{finished}");
     assert_eq!(field("delivered"), want.len() as u64, "{finished}");
 }
 
@@ -325,5 +388,36 @@ async fn a_refused_key_stops_the_producer_with_the_servers_message() {
     let text = std::fs::read_to_string(logs.join("producer.log")).unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{text}");
     assert!(text.contains("Invalid API key (key not found)"), "{text}");
+    assert!(!text.contains(KEY), "the key is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_401_on_the_upgrade_stops_the_producer() {
+    use tokio_tungstenite::tungstenite::{handshake::server, http};
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("ws-401", 1).await;
+    let logs = log_dir("producer-ws-401");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upgrades = Arc::new(AtomicUsize::new(0));
+    let counted = upgrades.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let refuse = |_: &server::Request, _: server::Response| {
+                Err(http::Response::builder()
+                    .status(401)
+                    .body(Some("Unauthorized: invalid API key".to_owned()))
+                    .unwrap())
+            };
+            let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse).await;
+        }
+    });
+    let mut child = producer(port, &kafka, &topic, &logs);
+    let status = wait_for(&mut child, Duration::from_secs(20)).await;
+    let text = std::fs::read_to_string(logs.join("producer.log")).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{text}");
+    assert!(text.contains("HTTP 401"), "{text}");
+    assert_eq!(upgrades.load(Ordering::SeqCst), 1, "not retried: {text}");
     assert!(!text.contains(KEY), "the key is in the log");
 }
