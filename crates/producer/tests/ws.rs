@@ -393,7 +393,6 @@ async fn a_refused_key_stops_the_producer_with_the_servers_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_401_on_the_upgrade_stops_the_producer() {
-    use tokio_tungstenite::tungstenite::{handshake::server, http};
     let kafka = TestKafka::new();
     let topic = kafka.create_topic("ws-401", 1).await;
     let logs = log_dir("producer-ws-401");
@@ -404,13 +403,7 @@ async fn http_401_on_the_upgrade_stops_the_producer() {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
-            let refuse = |_: &server::Request, _: server::Response| {
-                Err(http::Response::builder()
-                    .status(401)
-                    .body(Some("Unauthorized: invalid API key".to_owned()))
-                    .unwrap())
-            };
-            let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse).await;
+            let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse_upgrade).await;
         }
     });
     let mut child = producer(port, &kafka, &topic, &logs);
@@ -420,4 +413,20 @@ async fn http_401_on_the_upgrade_stops_the_producer() {
     assert!(text.contains("HTTP 401"), "{text}");
     assert_eq!(upgrades.load(Ordering::SeqCst), 1, "not retried: {text}");
     assert!(!text.contains(KEY), "the key is in the log");
+}
+
+/// Answers the WebSocket upgrade with 401, as CoinAPI does for a bad key. (The signature is
+/// tungstenite's handshake callback; its error type is the HTTP response itself.)
+#[allow(clippy::result_large_err)]
+fn refuse_upgrade(
+    _: &tokio_tungstenite::tungstenite::handshake::server::Request,
+    _: tokio_tungstenite::tungstenite::handshake::server::Response,
+) -> Result<
+    tokio_tungstenite::tungstenite::handshake::server::Response,
+    tokio_tungstenite::tungstenite::handshake::server::ErrorResponse,
+> {
+    Err(tokio_tungstenite::tungstenite::http::Response::builder()
+        .status(401)
+        .body(Some("Unauthorized: invalid API key".to_owned()))
+        .unwrap())
 }
