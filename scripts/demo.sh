@@ -35,6 +35,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+case "$DEMO_BROKER" in
+  mock)
+    say "the build's tools and the database (scripts/infra.sh db)"
+    set -a; eval "$(scripts/infra.sh db)"; set +a
+    ;;
+  tansu)
+    say "the build's tools, the database and the test broker (scripts/infra.sh up)"
+    set -a; eval "$(scripts/infra.sh up)"; set +a
+    ;;
+  *) echo "DEMO_BROKER must be mock or tansu, not $DEMO_BROKER" >&2; exit 2 ;;
+esac
+
 say "building"
 cargo build --locked -q --bins -p producer -p raw-consumer -p stream-aggregator -p update-counter -p compare \
   -p bench
@@ -42,23 +54,15 @@ bin=target/debug
 
 export RAW_TOPIC="demo_raw_$stamp" AGG_TOPIC="demo_agg_$stamp" AGGREGATOR_GROUP="demo-aggregator-$stamp"
 export RAW_CONSUMER_GROUP="demo-raw-$stamp" UPDATE_COUNTER_GROUP="demo-counter-$stamp"
-case "$DEMO_BROKER" in
-  mock)
-    say "database; embedded broker (librdkafka's mock cluster)"
-    set -a; eval "$(scripts/infra.sh db)"; set +a
-    $bin/mock-kafka --topic "$RAW_TOPIC:3" --topic "$AGG_TOPIC:3" >"$out/broker.env" 2>"$out/broker.log" &
-    broker_pid=$!
-    for _ in $(seq 1 100); do grep -q KAFKA_BOOTSTRAP_SERVERS "$out/broker.env" && break; sleep 0.1; done
-    export KAFKA_BOOTSTRAP_SERVERS
-    KAFKA_BOOTSTRAP_SERVERS=$(sed -n 's/^KAFKA_BOOTSTRAP_SERVERS=//p' "$out/broker.env")
-    [ -n "$KAFKA_BOOTSTRAP_SERVERS" ] || { echo "mock-kafka did not start (log: $out/broker.log)" >&2; exit 1; }
-    ;;
-  tansu)
-    say "database and the test broker (scripts/infra.sh up)"
-    set -a; eval "$(scripts/infra.sh up)"; set +a
-    ;;
-  *) echo "DEMO_BROKER must be mock or tansu, not $DEMO_BROKER" >&2; exit 2 ;;
-esac
+if [ "$DEMO_BROKER" = mock ]; then
+  say "embedded broker (librdkafka's mock cluster)"
+  $bin/mock-kafka --topic "$RAW_TOPIC:3" --topic "$AGG_TOPIC:3" >"$out/broker.env" 2>"$out/broker.log" &
+  broker_pid=$!
+  for _ in $(seq 1 100); do grep -q KAFKA_BOOTSTRAP_SERVERS "$out/broker.env" && break; sleep 0.1; done
+  export KAFKA_BOOTSTRAP_SERVERS
+  KAFKA_BOOTSTRAP_SERVERS=$(sed -n 's/^KAFKA_BOOTSTRAP_SERVERS=//p' "$out/broker.env")
+  [ -n "$KAFKA_BOOTSTRAP_SERVERS" ] || { echo "mock-kafka did not start (log: $out/broker.log)" >&2; exit 1; }
+fi
 export MYSQL_DATABASE=coinstream_demo STATS_INTERVAL=5s LOG_FORMAT=${LOG_FORMAT:-pretty}
 cli=$(command -v mariadb || command -v mysql)
 MYSQL_PWD=$MYSQL_PASSWORD "$cli" --protocol=TCP -h "$MYSQL_HOST" -P "$MYSQL_PORT" -u "$MYSQL_USER" \

@@ -4,7 +4,8 @@
 #   scripts/infra.sh up       install the tools the build and tests need (Debian packages), start (or
 #                             reuse) a Kafka-protocol broker and a MySQL-compatible server, create
 #                             the application database and users, print KEY=value lines
-#   scripts/infra.sh db       the same without the broker (for a run on an embedded broker)
+#   scripts/infra.sh db       the build's tools and the database only (the demo, on an embedded
+#                             broker: no broker, no browser or Prometheus for the tests)
 #   scripts/infra.sh env      print the KEY=value lines only
 #   scripts/infra.sh status   say what is running
 #   scripts/infra.sh down     stop what `up` started (by PID), nothing else
@@ -128,18 +129,20 @@ start_tansu() {
 }
 
 # ---------------------------------------------------------------- tools
-# What the build and the tests need besides the broker and the database, from Debian's packages:
-# OpenSSL headers (librdkafka with TLS and SASL), Prometheus and promtool (the metrics tests),
-# Chromium and ChromeDriver (the dashboard's browser test).
-tools_up() {
+# What the build needs besides Rust, from Debian's packages: a C toolchain (librdkafka in
+# rdkafka-sys, the broker's SQLite and the bench's C shim build with it) and OpenSSL headers
+# (librdkafka with TLS and SASL). With `test` also what the tests need: Prometheus and promtool
+# (the metrics tests), Chromium and ChromeDriver (the dashboard's browser test).
+tools_up() { # [test]
   local missing=()
-  # A C toolchain: librdkafka (rdkafka-sys), the broker's SQLite and the bench's C shim build with it.
   command -v cc >/dev/null && command -v make >/dev/null || missing+=(build-essential)
   dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
-  command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
-  command -v chromium >/dev/null || missing+=(chromium)
-  command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  if [ "${1:-}" = test ]; then
+    command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
+  fi
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}" || die "installing ${missing[*]} failed (apt-get; as root or with sudo)"
   fi
@@ -271,7 +274,7 @@ down() {
 
 mkdir -p "$STATE_DIR"
 case "${1:-}" in
-  up) tools_up; broker_up; db_up; print_env ;;
+  up) tools_up test; broker_up; db_up; print_env ;;
   db) tools_up; db_up; print_env ;;
   env) print_env ;;
   status) status ;;
