@@ -39,6 +39,7 @@ plain=$(./target/release/consume-rate --bootstrap-servers "$bootstrap" --topic a
 echo "plain consume: $plain" >&2
 kept=$(sed -n 's/^messages=\([0-9]*\) .*/\1/p' <<<"$plain")
 plain_rate=$(sed -n 's/.*messages_per_second=\([0-9]*\).*/\1/p' <<<"$plain")
+plain_cpu=$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$plain")
 [ "$kept" = "$COUNT" ] || { echo "the mock kept $kept of $COUNT messages" >&2; exit 1; }
 
 echo "aggregating" >&2
@@ -62,9 +63,10 @@ DATABASE_URL="$test_url/${db}_lat" KAFKA_BOOTSTRAP_SERVERS=$bootstrap ./target/r
 wait "$agg_pid" || { cat "$work/lat.log" >&2; exit 1; }
 read -r lat_n p50 p95 p99 pmax <<<"$(log_fields "$work/lat.log" statistics events latency_p50_ms latency_p95_ms latency_p99_ms latency_max_ms)"
 
-python3 - "$events" "$secs" "$cpu" "$rss" "$plain_rate" "$rows" <<'PY'
+python3 - "$events" "$secs" "$cpu" "$rss" "$plain_rate" "$rows" "$plain_cpu" <<'PY'
 import sys
 events, secs, cpu, rss, plain, rows = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+plain_cpu = float(sys.argv[7])
 wall = events / secs
 print("| figure | value |")
 print("|---|---|")
@@ -72,6 +74,8 @@ print(f"| updates aggregated (mock cluster, 10 partitions) | {events:,} |")
 print(f"| stream_agg rows, final, sum of update_count | {rows.replace(chr(9), ', ')} |")
 print(f"| aggregator CPU seconds | {cpu} |")
 print(f"| updates per CPU-second | {events / cpu:,.0f} |")
+print(f"| plain consumer CPU seconds, same topic | {plain_cpu} |")
+print(f"| CPU per update / the plain consumer's (target: at most 1.2) | {cpu / plain_cpu:.2f} |")
 print(f"| wall-clock updates/s (first to last update) | {wall:,.0f} |")
 print(f"| broker plain consume rate, same topic | {plain:,} |")
 print(f"| wall-clock rate / plain consume rate | {100 * wall / plain:.0f}% |")
