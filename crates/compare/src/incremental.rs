@@ -16,7 +16,7 @@ use std::{collections::BTreeMap, collections::BTreeSet, time::Instant};
 use chrono::Utc;
 use common::window::WindowSpec;
 use serde::Serialize;
-use sqlx::{pool::PoolConnection, Acquire, MySql, MySqlConnection, MySqlPool};
+use sqlx::{pool::PoolConnection, Acquire, Connection, MySql, MySqlConnection, MySqlPool};
 
 use crate::{
     accuracy::{Agg, Key},
@@ -54,11 +54,14 @@ pub async fn batch(
             BatchMode::Full,
         ));
     }
-    let mut lock = pool.acquire().await?;
-    let name = format!("coinstream_compare_{group}");
-    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(CONCAT(DATABASE(), ?), 0)")
-        .bind(&name)
-        .fetch_one(&mut *lock)
+    // The lock lives on a connection of its own, outside the pool the work uses (a pool of one
+    // would otherwise wait on itself).
+    let mut lock = MySqlConnection::connect_with(&pool.connect_options()).await?;
+    // Lock names are at most 64 characters (MySQL): the database and group, hashed.
+    const NAME: &str = "CONCAT('coinstream_compare_', SHA1(CONCAT(DATABASE(), '/', ?)))";
+    let locked: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({NAME}, 0)"))
+        .bind(group)
+        .fetch_one(&mut lock)
         .await?;
     if locked != Some(1) {
         tracing::info!(
@@ -70,10 +73,11 @@ pub async fn batch(
         ));
     }
     let result = locked_batch(pool, spec, group, full).await;
-    let _ = sqlx::query("SELECT RELEASE_LOCK(CONCAT(DATABASE(), ?))")
-        .bind(&name)
-        .execute(&mut *lock)
+    let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({NAME})"))
+        .bind(group)
+        .execute(&mut lock)
         .await;
+    let _ = lock.close().await;
     result
 }
 

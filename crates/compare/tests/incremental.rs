@@ -2,7 +2,8 @@
 //! the next recomputes only the windows over rows added since (and the re-read margin), and its
 //! result equals a full recomputation each time: after new rows in old windows (a raw row that
 //! arrived late), after a late event the aggregator recorded, after nothing changed, with
-//! `--full`, and after the raw table was emptied and refilled (ids went backwards).
+//! `--full`, while another run holds the lock, and after the raw table was emptied and refilled
+//! (ids went backwards).
 
 use std::collections::BTreeMap;
 
@@ -172,6 +173,24 @@ async fn each_run_recomputes_only_what_changed_and_equals_a_full_recomputation()
     );
     assert!(recomputed(mode) < got.len() / 2, "{mode:?}");
     assert_same(&got, &full(&db).await, "a late event recorded");
+
+    // Another compare holds the lock on the stored windows: this run computes directly.
+    {
+        use sqlx::{ConnectOptions, Connection};
+        let mut other = db.connect_options().connect().await.unwrap();
+        let got: Option<i64> = sqlx::query_scalar(
+            "SELECT GET_LOCK(CONCAT('coinstream_compare_', SHA1(CONCAT(DATABASE(), '/', ?))), 0)",
+        )
+        .bind(GROUP)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+        assert_eq!(got, Some(1));
+        let (got, mode) = run(&db, false).await;
+        assert_eq!(mode, BatchMode::Full, "the lock is held elsewhere");
+        assert_same(&got, &full(&db).await, "lock held elsewhere");
+        other.close().await.unwrap();
+    }
 
     // --full: everything recomputed and stored afresh; the next run is incremental again.
     let (got, mode) = run(&db, true).await;
