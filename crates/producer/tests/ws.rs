@@ -9,7 +9,8 @@
 //! server sent is on the topic exactly once, by pair and time to the microsecond, the key is never
 //! in the log, and `/metrics` counts the reconnects by reason.
 //! Two more tests: an error about the key, and HTTP 401 on the upgrade, stop the producer with
-//! status 1 and the server's message.
+//! status 1 and the server's message. A `wss://` URL opens TLS (rustls) with the host's name, and a
+//! failed handshake is a lost connection, retried.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -412,6 +413,56 @@ async fn http_401_on_the_upgrade_stops_the_producer() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{text}");
     assert!(text.contains("HTTP 401"), "{text}");
     assert_eq!(upgrades.load(Ordering::SeqCst), 1, "not retried: {text}");
+    assert!(!text.contains(KEY), "the key is in the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wss_opens_tls_and_a_failed_handshake_is_retried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let kafka = TestKafka::new();
+    let topic = kafka.create_topic("ws-tls", 1).await;
+    let logs = log_dir("producer-ws-tls");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // A server that is not TLS: it keeps what the client sent first and answers in plain HTTP.
+    let hellos = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
+    let kept = hellos.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut first = vec![0u8; 4096];
+            let n = tcp.read(&mut first).await.unwrap_or(0);
+            first.truncate(n);
+            kept.lock().unwrap().push(first);
+            let _ = tcp.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let mut command = producer_command(port, &kafka, &topic, &logs);
+    command.env("COINAPI_WS_URL", format!("wss://localhost:{port}"));
+    let mut child = command.spawn().unwrap();
+    let log = logs.join("producer.log");
+    let retried = wait_for_log(&log, "reconnects=2", Duration::from_secs(20)).await;
+    let running = wait_for(&mut child, Duration::from_millis(100))
+        .await
+        .is_none();
+    terminate(&child);
+    let _ = wait_for(&mut child, Duration::from_secs(10)).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(retried && running, "not retried while running: {text}");
+    let hellos = hellos.lock().unwrap();
+    assert!(hellos.len() >= 2, "{} connections: {text}", hellos.len());
+    for hello in hellos.iter() {
+        // A TLS handshake record carrying the ClientHello, with the host's name (SNI).
+        assert_eq!(hello.first(), Some(&0x16), "not TLS: {hello:?}");
+        assert_eq!(hello.get(5), Some(&0x01), "not a ClientHello: {hello:?}");
+        assert!(
+            hello.windows(9).any(|w| w == b"localhost"),
+            "no SNI: {hello:?}"
+        );
+    }
+    assert!(
+        text.contains("CoinAPI WebSocket connection lost; reconnecting"),
+        "{text}"
+    );
     assert!(!text.contains(KEY), "the key is in the log");
 }
 
