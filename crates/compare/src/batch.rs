@@ -262,6 +262,10 @@ pub async fn compute(
 /// but committed later (the raw consumer's batches, several instances).
 pub const REREAD_IDS: i64 = 20_000;
 
+/// How long a transaction may hold ids it has not committed and still be read: what was read
+/// this long ago is read again.
+pub const REREAD_MARGIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The window ranges to recompute for marked slide buckets `(base, quote, bucket)`: per pair, the
 /// starts of every window over a marked bucket, merged where they touch, within the scope.
 pub fn dirty_ranges(spec: WindowSpec, scope: &Scope, dirty: &BTreeSet<Key>) -> Vec<Scope> {

@@ -1,27 +1,38 @@
 //! The one-shot compare's batch side, incrementally. A run over every window stores its batch
-//! windows (`compare_batch_windows`) with the `raw_coin_data` and `late_events` ids it had read up
-//! to (`compare_batch_checkpoint`), per aggregator group and window spec. The next such run
-//! recomputes only the windows over slide buckets that rows added since then fall in (found by a
-//! range scan of the ids above the checkpoint, a margin read again for transactions that
-//! committed late), by range scans of the covering index; the other windows come from the table.
+//! windows (`compare_batch_windows`) and a mark: the `raw_coin_data` and `late_events` ids it had
+//! read up to, when, and a fingerprint of the row at each (`compare_batch_marks`), per aggregator
+//! group and window spec. The next such run recomputes only the windows over slide buckets that
+//! rows above an earlier mark fall in (found by a range scan of the ids), by range scans of the
+//! covering index; the other windows come from the table.
 //!
-//! A run recomputes everything, and stores it afresh, when there is no checkpoint yet, when the
-//! ids went backwards (the tables were emptied or recreated), when most rows are new anyway, or
-//! with `--full`. A run narrowed by `--pair`/`--since`/`--until` computes its scope directly and
-//! leaves the stored windows alone. Runs are serialized by an advisory lock; one that finds it
-//! held computes directly too. The stored windows and the checkpoint change in one transaction.
+//! Ids are taken in one order and committed in another (the raw consumer's batches, several
+//! instances), so a run reads again from the mark taken [`REREAD_MARGIN`] before the previous run:
+//! a transaction that had taken its ids by then had committed when the previous run started or
+//! is read now (until runs that far apart exist, the last [`REREAD_IDS`] ids are read again).
+//!
+//! A run recomputes everything, and stores it afresh, when there is no mark yet, when the ids went
+//! backwards or the row at a marked id changed (the tables were emptied or recreated), when most
+//! rows are new anyway, or with `--full` (needed after rows were deleted). A run narrowed by
+//! `--pair`/`--since`/`--until` computes its scope directly and leaves the stored windows alone.
+//! Runs are serialized by an advisory lock; one that finds it held computes directly too, and one
+//! that lost it (its connection dropped) does not store what it computed. The stored windows and
+//! the marks change in one transaction.
 
 use std::{collections::BTreeMap, collections::BTreeSet, time::Instant};
 
-use chrono::Utc;
+use chrono::NaiveDateTime;
 use common::window::WindowSpec;
 use serde::Serialize;
 use sqlx::{pool::PoolConnection, Acquire, Connection, MySql, MySqlConnection, MySqlPool};
 
 use crate::{
     accuracy::{Agg, Key},
-    batch::{self, Batch, Scope, REREAD_IDS},
+    batch::{self, Batch, Scope, REREAD_IDS, REREAD_MARGIN},
 };
+
+/// The advisory lock's name (SQL, the group bound): at most 64 characters (MySQL), so the
+/// database and group are hashed.
+pub const LOCK_NAME_SQL: &str = "CONCAT('coinstream_compare_', SHA1(CONCAT(DATABASE(), '/', ?)))";
 
 /// How this run's batch side was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +49,54 @@ pub enum BatchMode {
 struct Ids {
     raw: i64,
     late: i64,
+}
+
+/// The ids a run had read up to, when (database time), and what the rows at those ids were.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+struct Mark {
+    taken_at: NaiveDateTime,
+    raw_id: i64,
+    late_id: i64,
+    raw_fp: Option<String>,
+    late_fp: Option<String>,
+}
+
+impl Mark {
+    fn ids(&self) -> Ids {
+        Ids {
+            raw: self.raw_id,
+            late: self.late_id,
+        }
+    }
+}
+
+/// Where a run after the marks `newest_first` reads again from: the newest mark taken at least
+/// `margin` before the last one, else the last one less `REREAD_IDS`.
+fn reread_from(newest_first: &[Mark], margin: chrono::Duration) -> Ids {
+    let last = &newest_first[0];
+    match newest_first
+        .iter()
+        .find(|m| m.taken_at <= last.taken_at - margin)
+    {
+        Some(m) => m.ids(),
+        None => Ids {
+            raw: (last.raw_id - REREAD_IDS).max(0),
+            late: (last.late_id - REREAD_IDS).max(0),
+        },
+    }
+}
+
+/// The marks older than this are no longer needed once `now` is stored: the next run reads
+/// again from the newest mark taken `margin` before `now`, or a newer one.
+fn prune_before(
+    newest_first: &[Mark],
+    now: NaiveDateTime,
+    margin: chrono::Duration,
+) -> Option<NaiveDateTime> {
+    newest_first
+        .iter()
+        .map(|m| m.taken_at)
+        .find(|t| *t <= now - margin)
 }
 
 /// The batch side of `scope` for aggregator group `group`; incremental where it can be.
@@ -57,12 +116,12 @@ pub async fn batch(
     // The lock lives on a connection of its own, outside the pool the work uses (a pool of one
     // would otherwise wait on itself).
     let mut lock = MySqlConnection::connect_with(&pool.connect_options()).await?;
-    // Lock names are at most 64 characters (MySQL): the database and group, hashed.
-    const NAME: &str = "CONCAT('coinstream_compare_', SHA1(CONCAT(DATABASE(), '/', ?)))";
-    let locked: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({NAME}, 0)"))
-        .bind(group)
-        .fetch_one(&mut lock)
-        .await?;
+    let (locked, holder): (Option<i64>, i64) = sqlx::query_as(&format!(
+        "SELECT GET_LOCK({LOCK_NAME_SQL}, 0), CAST(CONNECTION_ID() AS SIGNED)"
+    ))
+    .bind(group)
+    .fetch_one(&mut lock)
+    .await?;
     if locked != Some(1) {
         tracing::info!(
             "another compare is updating the stored batch side: computing this run's directly"
@@ -72,8 +131,9 @@ pub async fn batch(
             BatchMode::Full,
         ));
     }
-    let result = locked_batch(pool, spec, group, full).await;
-    let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({NAME})"))
+    let held = Held { group, holder };
+    let result = locked_batch(pool, spec, held, full).await;
+    let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({LOCK_NAME_SQL})"))
         .bind(group)
         .execute(&mut lock)
         .await;
@@ -81,29 +141,61 @@ pub async fn batch(
     result
 }
 
+/// The advisory lock of `group`, held by connection `holder`.
+#[derive(Debug, Clone, Copy)]
+struct Held<'a> {
+    group: &'a str,
+    holder: i64,
+}
+
+impl Held<'_> {
+    /// Fails unless the lock is still held (its connection may have dropped meanwhile).
+    async fn check(&self, conn: &mut MySqlConnection) -> anyhow::Result<()> {
+        let holder: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT CAST(IS_USED_LOCK({LOCK_NAME_SQL}) AS SIGNED)"
+        ))
+        .bind(self.group)
+        .fetch_one(&mut *conn)
+        .await?;
+        anyhow::ensure!(
+            holder == Some(self.holder),
+            "compare's lock on the stored batch side was lost (its connection dropped): not storing"
+        );
+        Ok(())
+    }
+}
+
 async fn locked_batch(
     pool: &MySqlPool,
     spec: WindowSpec,
-    group: &str,
+    held: Held<'_>,
     full: bool,
 ) -> anyhow::Result<(Batch, BatchMode)> {
+    let group = held.group;
     let started = Instant::now();
     // Read before anything is computed: rows committed meanwhile are above it, read next time.
     let (now, min_raw) = high_water(pool).await?;
-    let last = if full {
-        None
+    let marks = marks(pool, spec, group).await?;
+    let consistent = match marks.first() {
+        Some(last) => consistent(pool, last, &now).await?,
+        None => false,
+    };
+    let margin = chrono::Duration::from_std(REREAD_MARGIN)?;
+    // Marks of the same rows stay, whatever this run does: the next one reads again from them.
+    let prune = if consistent {
+        Prune::Before(prune_before(&marks, now.taken_at, margin))
     } else {
-        checkpoint(pool, spec, group).await?
+        Prune::All
     };
-    let usable = last.filter(|l| {
-        l.raw <= now.raw && l.late <= now.late && (now.raw - l.raw) <= (now.raw - min_raw) / 2
-    });
-    let Some(last) = usable else {
+    // Most rows new anyway: recomputing everything is cheaper.
+    let most_new =
+        (now.raw_id - marks.first().map_or(0, |m| m.raw_id)) > (now.raw_id - min_raw) / 2;
+    if full || !consistent || most_new {
         let b = batch::compute(pool, spec, group, &Scope::default()).await?;
-        replace_all(pool, spec, group, &b.windows, now).await?;
+        replace_all(pool, spec, held, &b.windows, &now, prune).await?;
         return Ok((b, BatchMode::Full));
-    };
-    let dirty = dirty_buckets(pool, spec, group, last).await?;
+    }
+    let dirty = dirty_buckets(pool, spec, group, reread_from(&marks, margin)).await?;
     let ranges = batch::dirty_ranges(spec, &Scope::default(), &dirty);
     let mut recomputed = Vec::with_capacity(ranges.len());
     let mut raw_rows = 0;
@@ -113,7 +205,7 @@ async fn locked_batch(
         recomputed.push((range, b.windows));
     }
     let n: usize = recomputed.iter().map(|(_, w)| w.len()).sum();
-    replace_ranges(pool, spec, group, &recomputed, now).await?;
+    replace_ranges(pool, spec, held, &recomputed, &now, prune).await?;
     let windows = stored(pool, spec, group).await?;
     let stored = windows.len() - n.min(windows.len());
     let b = Batch {
@@ -130,58 +222,100 @@ async fn locked_batch(
     ))
 }
 
-/// The ids now, and the lowest raw id (how many rows there are, near enough).
-async fn high_water(pool: &MySqlPool) -> anyhow::Result<(Ids, i64)> {
-    let (raw, late, min_raw): (Option<i64>, Option<i64>, Option<i64>) = sqlx::query_as(
-        "SELECT (SELECT MAX(id) FROM raw_coin_data), (SELECT MAX(id) FROM late_events), \
-                (SELECT MIN(id) FROM raw_coin_data)",
-    )
-    .fetch_one(pool)
-    .await?;
+/// Whether the stored windows and marks are of the rows there now: the ids have not gone
+/// backwards and the rows at the last mark's ids are the ones it saw.
+async fn consistent(pool: &MySqlPool, last: &Mark, now: &Mark) -> anyhow::Result<bool> {
+    if last.raw_id > now.raw_id || last.late_id > now.late_id {
+        return Ok(false);
+    }
+    let (raw_fp, late_fp) = fingerprints(pool, last.ids()).await?;
+    Ok(raw_fp == last.raw_fp && late_fp == last.late_fp)
+}
+
+/// Which marks go when a new one is stored.
+#[derive(Debug, Clone, Copy)]
+enum Prune {
+    /// Those taken before this time (none if `None`).
+    Before(Option<NaiveDateTime>),
+    /// All: they are of rows no longer there.
+    All,
+}
+
+/// The mark now, and the lowest raw id (how many rows there are, near enough).
+async fn high_water(pool: &MySqlPool) -> anyhow::Result<(Mark, i64)> {
+    let (raw, late, min_raw, taken_at): (Option<i64>, Option<i64>, Option<i64>, NaiveDateTime) =
+        sqlx::query_as(
+            "SELECT (SELECT MAX(id) FROM raw_coin_data), (SELECT MAX(id) FROM late_events), \
+                    (SELECT MIN(id) FROM raw_coin_data), UTC_TIMESTAMP(6)",
+        )
+        .fetch_one(pool)
+        .await?;
     let ids = Ids {
         raw: raw.unwrap_or(0),
         late: late.unwrap_or(0),
     };
-    Ok((ids, min_raw.unwrap_or(0)))
+    let (raw_fp, late_fp) = fingerprints(pool, ids).await?;
+    let mark = Mark {
+        taken_at,
+        raw_id: ids.raw,
+        late_id: ids.late,
+        raw_fp,
+        late_fp,
+    };
+    Ok((mark, min_raw.unwrap_or(0)))
 }
 
-async fn checkpoint(
+/// What the rows at these ids are (hashed): a table emptied and refilled has other rows there.
+async fn fingerprints(
     pool: &MySqlPool,
-    spec: WindowSpec,
-    group: &str,
-) -> anyhow::Result<Option<Ids>> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT raw_id, late_id FROM compare_batch_checkpoint \
-         WHERE consumer_group = ? AND window_us = ? AND slide_us = ?",
+    ids: Ids,
+) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let fp: (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT (SELECT SHA1(CONCAT_WS('|', asset_id_base, asset_id_quote, `time`, rate, ingested_at)) \
+                 FROM raw_coin_data WHERE id = ?), \
+                (SELECT SHA1(CONCAT_WS('|', consumer_group, asset_id_base, asset_id_quote, `time`, recorded_at)) \
+                 FROM late_events WHERE id = ?)",
+    )
+    .bind(ids.raw)
+    .bind(ids.late)
+    .fetch_one(pool)
+    .await?;
+    Ok(fp)
+}
+
+/// The group's marks for the spec, newest first (a few: older ones are pruned).
+async fn marks(pool: &MySqlPool, spec: WindowSpec, group: &str) -> anyhow::Result<Vec<Mark>> {
+    Ok(sqlx::query_as(
+        "SELECT taken_at, raw_id, late_id, raw_fp, late_fp FROM compare_batch_marks \
+         WHERE consumer_group = ? AND window_us = ? AND slide_us = ? ORDER BY taken_at DESC",
     )
     .bind(group)
     .bind(spec.size_us)
     .bind(spec.slide_us)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(raw, late)| Ids { raw, late }))
+    .fetch_all(pool)
+    .await?)
 }
 
-/// Slide buckets of the raw rows and the group's late events above the checkpoint (less the
-/// margin): one range scan of each primary key.
+/// Slide buckets of the raw rows and the group's late events above `from`: one range scan of
+/// each primary key.
 async fn dirty_buckets(
     pool: &MySqlPool,
     spec: WindowSpec,
     group: &str,
-    last: Ids,
+    from: Ids,
 ) -> anyhow::Result<BTreeSet<Key>> {
     let bucket = batch::bucket_sql(spec);
     let raw: Vec<Key> = sqlx::query_as(&format!(
         "SELECT DISTINCT asset_id_base, asset_id_quote, {bucket} FROM raw_coin_data r WHERE id > ?"
     ))
-    .bind(last.raw - REREAD_IDS)
+    .bind(from.raw)
     .fetch_all(pool)
     .await?;
     let late: Vec<Key> = sqlx::query_as(&format!(
         "SELECT DISTINCT asset_id_base, asset_id_quote, {bucket} FROM late_events r \
          WHERE id > ? AND consumer_group = ?"
     ))
-    .bind(last.late - REREAD_IDS)
+    .bind(from.late)
     .bind(group)
     .fetch_all(pool)
     .await?;
@@ -218,14 +352,16 @@ async fn stored(
         .collect())
 }
 
-/// Replaces every stored window of the group and spec, and the checkpoint.
+/// Replaces every stored window of the group and spec, and adds the mark `now`.
 async fn replace_all(
     pool: &MySqlPool,
     spec: WindowSpec,
-    group: &str,
+    held: Held<'_>,
     windows: &BTreeMap<Key, Agg>,
-    now: Ids,
+    now: &Mark,
+    prune: Prune,
 ) -> anyhow::Result<()> {
+    let group = held.group;
     let mut conn: PoolConnection<MySql> = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     sqlx::query(
@@ -238,19 +374,22 @@ async fn replace_all(
     .await?;
     let all: Vec<_> = windows.iter().collect();
     insert(&mut tx, spec, group, &all).await?;
-    set_checkpoint(&mut tx, spec, group, now).await?;
+    add_mark(&mut tx, spec, group, now, prune).await?;
+    held.check(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Replaces the stored windows of each recomputed range, and moves the checkpoint.
+/// Replaces the stored windows of each recomputed range, and adds the mark `now`.
 async fn replace_ranges(
     pool: &MySqlPool,
     spec: WindowSpec,
-    group: &str,
+    held: Held<'_>,
     recomputed: &[(Scope, BTreeMap<Key, Agg>)],
-    now: Ids,
+    now: &Mark,
+    prune: Prune,
 ) -> anyhow::Result<()> {
+    let group = held.group;
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     for (range, windows) in recomputed {
@@ -273,7 +412,8 @@ async fn replace_ranges(
         let rows: Vec<_> = windows.iter().collect();
         insert(&mut tx, spec, group, &rows).await?;
     }
-    set_checkpoint(&mut tx, spec, group, now).await?;
+    add_mark(&mut tx, spec, group, now, prune).await?;
+    held.check(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -309,24 +449,106 @@ async fn insert(
     Ok(())
 }
 
-async fn set_checkpoint(
+/// Stores the mark `now`, and drops the marks `prune` says.
+async fn add_mark(
     conn: &mut MySqlConnection,
     spec: WindowSpec,
     group: &str,
-    now: Ids,
+    now: &Mark,
+    prune: Prune,
 ) -> anyhow::Result<()> {
+    let before = match prune {
+        Prune::Before(None) => None,
+        Prune::Before(Some(t)) => Some(t),
+        Prune::All => Some(now.taken_at),
+    };
+    if let Some(before) = before {
+        sqlx::query(
+            "DELETE FROM compare_batch_marks WHERE consumer_group = ? AND window_us = ? \
+             AND slide_us = ? AND (taken_at < ? OR raw_id > ? OR late_id > ?)",
+        )
+        .bind(group)
+        .bind(spec.size_us)
+        .bind(spec.slide_us)
+        .bind(before)
+        .bind(now.raw_id)
+        .bind(now.late_id)
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query(
-        "INSERT INTO compare_batch_checkpoint (consumer_group, window_us, slide_us, raw_id, late_id, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE raw_id = VALUES(raw_id), \
-         late_id = VALUES(late_id), updated_at = VALUES(updated_at)",
+        "INSERT INTO compare_batch_marks (consumer_group, window_us, slide_us, taken_at, raw_id, \
+         late_id, raw_fp, late_fp) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE raw_id = VALUES(raw_id), late_id = VALUES(late_id), \
+         raw_fp = VALUES(raw_fp), late_fp = VALUES(late_fp)",
     )
     .bind(group)
     .bind(spec.size_us)
     .bind(spec.slide_us)
-    .bind(now.raw)
-    .bind(now.late)
-    .bind(Utc::now().naive_utc())
+    .bind(now.taken_at)
+    .bind(now.raw_id)
+    .bind(now.late_id)
+    .bind(now.raw_fp.as_deref())
+    .bind(now.late_fp.as_deref())
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(secs: i64, raw_id: i64) -> Mark {
+        Mark {
+            taken_at: chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0)
+                .unwrap()
+                .naive_utc(),
+            raw_id,
+            late_id: raw_id / 10,
+            raw_fp: None,
+            late_fp: None,
+        }
+    }
+
+    #[test]
+    fn reads_again_from_the_mark_a_margin_before_the_last_run() {
+        let margin = chrono::Duration::seconds(10);
+        // Runs at 0, 5, 12 and 14 s: the last at 14, so the newest mark at or before 4 s.
+        let marks = [
+            mark(14, 900_000),
+            mark(12, 800_000),
+            mark(5, 500_000),
+            mark(0, 100_000),
+        ];
+        assert_eq!(reread_from(&marks, margin), mark(0, 100_000).ids());
+        // However many ids lie between (no cap: a transaction open then may commit now).
+        let marks = [mark(30, 5_000_000), mark(20, 100_000)];
+        assert_eq!(reread_from(&marks, margin), mark(20, 100_000).ids());
+        // No mark that old: the last one less REREAD_IDS, not below 0.
+        let marks = [mark(3, 900_000), mark(0, 100_000)];
+        assert_eq!(reread_from(&[mark(0, 5)], margin), Ids { raw: 0, late: 0 });
+        assert_eq!(
+            reread_from(&marks, margin),
+            Ids {
+                raw: 900_000 - REREAD_IDS,
+                late: 90_000 - REREAD_IDS
+            }
+        );
+    }
+
+    #[test]
+    fn keeps_the_mark_the_next_run_reads_again_from() {
+        let margin = chrono::Duration::seconds(10);
+        let marks = [mark(14, 9), mark(12, 8), mark(5, 5), mark(0, 1)];
+        // Stored now at 20 s: the next run reads again from the newest mark at or before 10 s.
+        let now = mark(20, 10).taken_at;
+        let before = prune_before(&marks, now, margin).unwrap();
+        assert_eq!(before, mark(5, 5).taken_at);
+        let next = [mark(20, 10), mark(14, 9), mark(12, 8), mark(5, 5)];
+        assert_eq!(reread_from(&next, margin), mark(5, 5).ids());
+        // All within the margin: nothing pruned.
+        let recent = [mark(14, 9), mark(12, 8)];
+        assert_eq!(prune_before(&recent, mark(20, 10).taken_at, margin), None);
+    }
 }

@@ -2,8 +2,9 @@
 //! the next recomputes only the windows over rows added since (and the re-read margin), and its
 //! result equals a full recomputation each time: after new rows in old windows (a raw row that
 //! arrived late), after a late event the aggregator recorded, after nothing changed, with
-//! `--full`, while another run holds the lock, and after the raw table was emptied and refilled
-//! (ids went backwards).
+//! `--full`, while another run holds the lock, after the raw table was emptied and refilled (ids
+//! went backwards; then other rows at the same ids), and after a transaction that had taken its
+//! id before 25,000 others committed after them.
 
 use std::collections::BTreeMap;
 
@@ -178,9 +179,10 @@ async fn each_run_recomputes_only_what_changed_and_equals_a_full_recomputation()
     {
         use sqlx::{ConnectOptions, Connection};
         let mut other = db.connect_options().connect().await.unwrap();
-        let got: Option<i64> = sqlx::query_scalar(
-            "SELECT GET_LOCK(CONCAT('coinstream_compare_', SHA1(CONCAT(DATABASE(), '/', ?))), 0)",
-        )
+        let got: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT GET_LOCK({}, 0)",
+            incremental::LOCK_NAME_SQL
+        ))
         .bind(GROUP)
         .fetch_one(&mut other)
         .await
@@ -210,4 +212,62 @@ async fn each_run_recomputes_only_what_changed_and_equals_a_full_recomputation()
     let (got, mode) = run(&db, false).await;
     assert_eq!(mode, BatchMode::Full);
     assert_same(&got, &full(&db).await, "refilled table");
+
+    // Emptied and refilled again with more rows, other rates: the ids did not go backwards and
+    // most rows are not new, but the row at the marked id is another one.
+    sqlx::query("TRUNCATE TABLE raw_coin_data")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let other: Vec<_> = all[..1500]
+        .iter()
+        .map(|&(p, t, r, part, off)| (p, t, r + 1.0, part, off))
+        .collect();
+    insert_raw(&db, &other).await;
+    let (got, mode) = run(&db, false).await;
+    assert_eq!(mode, BatchMode::Full, "other rows at the marked id");
+    assert_same(&got, &full(&db).await, "refilled with more rows");
+}
+
+/// A raw consumer's transaction takes its id, then 25,000 rows with higher ids commit before it
+/// does: the run after it commits still finds it (it reads again from the mark taken 10 s before
+/// the previous run, not a fixed number of ids).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_committed_after_many_higher_ids_is_still_found() {
+    use sqlx::{Connection, Executor};
+    let db = TestDb::new().await;
+    let all = updates();
+    insert_raw(&db, &all).await;
+    assert_eq!(run(&db, false).await.1, BatchMode::Full);
+    tokio::time::sleep(batch::REREAD_MARGIN + std::time::Duration::from_secs(1)).await;
+
+    // Takes its id now (an old window of C0), commits later.
+    let mut slow = db.pool.acquire().await.unwrap();
+    let mut tx = slow.begin().await.unwrap();
+    tx.execute(
+        format!(
+            "INSERT INTO raw_coin_data (asset_id_base, asset_id_quote, rate, `time`) \
+             VALUES ('C0', 'USD', 999.0, '{}')",
+            time(T0 + 50_001)
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+    let more: Vec<_> = (STEPS..STEPS + 25_000 / PAIRS)
+        .flat_map(|step| (0..PAIRS).map(move |p| (p, T0 + step * 100_000, 50.0, p as i32, step)))
+        .collect();
+    insert_raw(&db, &more).await;
+    let (got, mode) = run(&db, false).await;
+    recomputed(mode);
+    let first = ("C0".to_string(), "USD".to_string(), T0);
+    assert_eq!(got[&first].count, 100, "not committed yet");
+    tx.commit().await.unwrap();
+    drop(slow);
+
+    let (got, mode) = run(&db, false).await;
+    recomputed(mode);
+    assert_eq!(got[&first].count, 101, "the late-committed row counts");
+    assert_eq!(got[&first].max, 999.0);
+    assert_same(&got, &full(&db).await, "a row committed after higher ids");
 }

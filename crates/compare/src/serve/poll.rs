@@ -23,12 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::{live::Live, pipeline, Event, Shared};
 use crate::{
     accuracy::{Key, Status},
-    batch::{self, Scope},
+    batch::{self, Scope, REREAD_MARGIN as MARGIN},
     queries::{self, StreamRow},
 };
-
-/// How far back each tick reads again (transactions commit out of order).
-const MARGIN: Duration = Duration::from_secs(10);
 /// New raw rows read per tick.
 const RAW_BATCH: i64 = 50_000;
 /// Views per `windows` event.
