@@ -52,7 +52,7 @@ struct Ids {
 }
 
 /// The ids a run had read up to, when (database time), and what the rows at those ids were.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, sqlx::FromRow)]
 struct Mark {
     taken_at: NaiveDateTime,
     raw_id: i64,
@@ -71,9 +71,11 @@ impl Mark {
 }
 
 /// Where a run after the marks `newest_first` reads again from: the newest mark taken at least
-/// `margin` before the last one, else the last one less `REREAD_IDS`.
+/// `margin` before the last one, else the last one less `REREAD_IDS` (no marks: from the start).
 fn reread_from(newest_first: &[Mark], margin: chrono::Duration) -> Ids {
-    let last = &newest_first[0];
+    let Some(last) = newest_first.first() else {
+        return Ids { raw: 0, late: 0 };
+    };
     match newest_first
         .iter()
         .find(|m| m.taken_at <= last.taken_at - margin)
@@ -182,10 +184,11 @@ async fn locked_batch(
     };
     let margin = chrono::Duration::from_std(REREAD_MARGIN)?;
     // Marks of the same rows stay, whatever this run does: the next one reads again from them.
+    // Marks of other rows (the tables emptied) all go.
     let prune = if consistent {
-        Prune::Before(prune_before(&marks, now.taken_at, margin))
+        prune_before(&marks, now.taken_at, margin)
     } else {
-        Prune::All
+        Some(now.taken_at)
     };
     // Most rows new anyway: recomputing everything is cheaper.
     let most_new =
@@ -230,15 +233,6 @@ async fn consistent(pool: &MySqlPool, last: &Mark, now: &Mark) -> anyhow::Result
     }
     let (raw_fp, late_fp) = fingerprints(pool, last.ids()).await?;
     Ok(raw_fp == last.raw_fp && late_fp == last.late_fp)
-}
-
-/// Which marks go when a new one is stored.
-#[derive(Debug, Clone, Copy)]
-enum Prune {
-    /// Those taken before this time (none if `None`).
-    Before(Option<NaiveDateTime>),
-    /// All: they are of rows no longer there.
-    All,
 }
 
 /// The mark now, and the lowest raw id (how many rows there are, near enough).
@@ -359,7 +353,7 @@ async fn replace_all(
     held: Held<'_>,
     windows: &BTreeMap<Key, Agg>,
     now: &Mark,
-    prune: Prune,
+    prune: Option<NaiveDateTime>,
 ) -> anyhow::Result<()> {
     let group = held.group;
     let mut conn: PoolConnection<MySql> = pool.acquire().await?;
@@ -387,7 +381,7 @@ async fn replace_ranges(
     held: Held<'_>,
     recomputed: &[(Scope, BTreeMap<Key, Agg>)],
     now: &Mark,
-    prune: Prune,
+    prune: Option<NaiveDateTime>,
 ) -> anyhow::Result<()> {
     let group = held.group;
     let mut conn = pool.acquire().await?;
@@ -449,30 +443,23 @@ async fn insert(
     Ok(())
 }
 
-/// Stores the mark `now`, and drops the marks `prune` says.
+/// Stores the mark `now`, and drops the marks taken before `prune`.
 async fn add_mark(
     conn: &mut MySqlConnection,
     spec: WindowSpec,
     group: &str,
     now: &Mark,
-    prune: Prune,
+    prune: Option<NaiveDateTime>,
 ) -> anyhow::Result<()> {
-    let before = match prune {
-        Prune::Before(None) => None,
-        Prune::Before(Some(t)) => Some(t),
-        Prune::All => Some(now.taken_at),
-    };
-    if let Some(before) = before {
+    if let Some(before) = prune {
         sqlx::query(
             "DELETE FROM compare_batch_marks WHERE consumer_group = ? AND window_us = ? \
-             AND slide_us = ? AND (taken_at < ? OR raw_id > ? OR late_id > ?)",
+             AND slide_us = ? AND taken_at < ?",
         )
         .bind(group)
         .bind(spec.size_us)
         .bind(spec.slide_us)
         .bind(before)
-        .bind(now.raw_id)
-        .bind(now.late_id)
         .execute(&mut *conn)
         .await?;
     }
@@ -528,6 +515,7 @@ mod tests {
         // No mark that old: the last one less REREAD_IDS, not below 0.
         let marks = [mark(3, 900_000), mark(0, 100_000)];
         assert_eq!(reread_from(&[mark(0, 5)], margin), Ids { raw: 0, late: 0 });
+        assert_eq!(reread_from(&[], margin), Ids { raw: 0, late: 0 });
         assert_eq!(
             reread_from(&marks, margin),
             Ids {
