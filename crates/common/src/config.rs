@@ -374,6 +374,11 @@ pub struct ConsumerArgs {
         value_enum
     )]
     pub on_offset_ahead: OnOffsetAhead,
+    /// After SIGTERM (or when drained), how long writes in flight and pending may take; past it
+    /// the service exits 1 naming the offsets not written (not committed: the next run reads them
+    /// again, nothing is lost).
+    #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT", value_name = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 impl ConsumerArgs {
@@ -549,6 +554,11 @@ mod tests {
             "dynamic membership by default"
         );
         assert_eq!(c.consumer.on_offset_ahead, OnOffsetAhead::Fail);
+        assert_eq!(c.consumer.shutdown_timeout, Duration::from_secs(30));
+        let err = parse(&["--shutdown-timeout", "never"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SHUTDOWN_TIMEOUT"), "{err}");
         let err = parse(&["--max-wait", "5s"]).unwrap_err().to_string();
         assert!(
             err.contains("exit-idle"),

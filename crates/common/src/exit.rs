@@ -3,7 +3,7 @@
 //! | status | meaning |
 //! |---|---|
 //! | 0 | stopped on a signal, or drained (`--exit-idle`) |
-//! | 1 | an error (logged with its causes) |
+//! | 1 | an error (logged with its causes), a fatal Kafka error, or `--shutdown-timeout` passed with writes not committed (the offsets are named) |
 //! | 2 | bad configuration (the message names the setting) |
 //! | 3 | `--max-wait` passed before the topic was drained (the partitions still behind are named) |
 //! | 4 | MySQL's offset of a partition is beyond the broker's log (topic recreated, broker data lost) |
@@ -49,7 +49,36 @@ impl fmt::Display for Behind {
     }
 }
 
-/// Why a service stopped on its own with a status other than 0, 1 or 2.
+/// A partition whose applied messages were not written when the service stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unwritten {
+    pub partition: i32,
+    /// MySQL's next offset (what is written), `None` when nothing is stored yet.
+    pub stored: Option<i64>,
+    /// The next offset this instance had read to.
+    pub read: i64,
+}
+
+impl fmt::Display for Unwritten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.stored {
+            Some(s) => write!(
+                f,
+                "partition {} offsets {s} to {}",
+                self.partition,
+                self.read - 1
+            ),
+            None => write!(
+                f,
+                "partition {} offsets up to {}",
+                self.partition,
+                self.read - 1
+            ),
+        }
+    }
+}
+
+/// Why a service stopped on its own with a status other than 0 or 2.
 #[derive(Debug, thiserror::Error)]
 pub enum Stopped {
     #[error("topic {topic} (group {group}) was not drained within MAX_WAIT ({waited:?}): {}", list(.behind))]
@@ -73,6 +102,15 @@ pub enum Stopped {
         stored: i64,
         high: i64,
     },
+    #[error(
+        "SHUTDOWN_TIMEOUT ({waited:?}) passed with writes not committed{}: nothing is lost (their \
+         offsets are not committed; the next run reads them again)",
+        unwritten(.pending)
+    )]
+    ShutdownTimeout {
+        waited: Duration,
+        pending: Vec<Unwritten>,
+    },
 }
 
 impl Stopped {
@@ -81,8 +119,17 @@ impl Stopped {
         match self {
             Stopped::NotDrained { .. } => NOT_DRAINED,
             Stopped::OffsetsAhead { .. } => OFFSETS_AHEAD,
+            Stopped::ShutdownTimeout { .. } => 1,
         }
     }
+}
+
+fn unwritten(pending: &[Unwritten]) -> String {
+    if pending.is_empty() {
+        return String::new();
+    }
+    let parts: Vec<String> = pending.iter().map(Unwritten::to_string).collect();
+    format!(" ({})", parts.join(", "))
 }
 
 fn list(behind: &[Behind]) -> String {
@@ -138,6 +185,20 @@ mod tests {
         let text = e.to_string();
         assert!(
             text.contains("500") && text.contains("20") && text.contains("reset-to-start"),
+            "{text}"
+        );
+        let e = Stopped::ShutdownTimeout {
+            waited: Duration::from_secs(30),
+            pending: vec![Unwritten {
+                partition: 0,
+                stored: Some(1200),
+                read: 1503,
+            }],
+        };
+        assert_eq!(e.status(), 1);
+        let text = e.to_string();
+        assert!(
+            text.contains("SHUTDOWN_TIMEOUT") && text.contains("partition 0 offsets 1200 to 1502"),
             "{text}"
         );
     }

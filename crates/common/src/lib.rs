@@ -9,6 +9,7 @@
 //!   processor for services that only parse and write rows.
 //! - [`window`]: the validated window spec and the window result message.
 //! - [`stats`]: typed statistics rows; [`exit`]: the exit statuses.
+//! - [`retry`]: database errors classified (transient or rejected) and the one retry loop.
 //! - [`metrics`]: Prometheus metrics; [`observe`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`telemetry`]: tracing setup with the service name on every line.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
@@ -24,6 +25,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod observe;
+pub mod retry;
 pub mod security;
 pub mod shutdown;
 pub mod stats;

@@ -45,11 +45,30 @@ pub static ROWS_WRITTEN: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["table"],
     )
 });
-/// Messages kept in `dead_letters`.
-pub static DEAD_LETTERS: LazyLock<IntCounter> = LazyLock::new(|| {
-    plain_counter(
+/// Messages kept in `dead_letters`, by reason (`malformed`, `invalid`, `rejected`).
+pub static DEAD_LETTERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
         "coinstream_dead_letters_total",
-        "Malformed messages kept in dead_letters.",
+        "Messages kept in dead_letters, by reason (malformed, invalid, rejected).",
+        &["reason"],
+    )
+});
+/// Failed write attempts (a MySQL transaction), by kind: `transient` (retried with backoff) or
+/// `rejected` (the data was refused: the batch is split to find the rows).
+pub static WRITE_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "coinstream_write_failures_total",
+        "Failed write attempts by kind: transient (retried) or rejected (the data was refused).",
+        &["kind"],
+    )
+});
+/// Offsets the broker no longer holds (deleted by retention) or never held as messages
+/// (compaction, transaction markers), passed over with a WARN naming the range.
+pub static SKIPPED_OFFSETS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "coinstream_skipped_offsets_total",
+        "Offsets passed over because the broker confirms they hold no message (retention, compaction).",
+        &["topic"],
     )
 });
 /// Events later than the watermark for all (`applied="false"`) or some of their windows.
@@ -212,6 +231,8 @@ impl Exporter {
         registry.register(Box::new(MESSAGES_CONSUMED.clone()))?;
         registry.register(Box::new(ROWS_WRITTEN.clone()))?;
         registry.register(Box::new(DEAD_LETTERS.clone()))?;
+        registry.register(Box::new(WRITE_FAILURES.clone()))?;
+        registry.register(Box::new(SKIPPED_OFFSETS.clone()))?;
         registry.register(Box::new(LATE_EVENTS.clone()))?;
         registry.register(Box::new(DUPLICATES.clone()))?;
         registry.register(Box::new(WINDOWS_EMITTED.clone()))?;

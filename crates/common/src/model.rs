@@ -20,6 +20,21 @@ mod fast;
 /// Longest asset id we accept; also the width of the `asset_id_*` columns.
 pub const MAX_ASSET_ID_LEN: usize = 16;
 
+/// The accepted range of a rate: positive, finite, no smaller than the smallest normal double
+/// (MySQL's `DOUBLE` stores no smaller magnitude) and no larger than 1e18, so that the sum of any
+/// number of rates in a window stays finite (1e18 x 1e290 updates would be needed to overflow).
+pub const MIN_RATE: f64 = f64::MIN_POSITIVE;
+/// See [`MIN_RATE`].
+pub const MAX_RATE: f64 = 1e18;
+/// Earliest accepted `time` and `received_at`: 1970-01-01T00:00:00Z (µs since the epoch).
+pub const MIN_TIME_US: i64 = 0;
+/// Latest accepted `received_at`: 9999-12-31T23:59:59.999999Z, the end of MySQL's `DATETIME`.
+pub const MAX_TIME_US: i64 = 253_402_300_799_999_999;
+/// How far an update's event time may be ahead of the moment it was published (the Kafka
+/// message's timestamp): more is a clock gone wrong, and one such update would move the
+/// aggregator's watermark ahead of every update that follows it (all of them late).
+pub const MAX_TIME_AHEAD_US: i64 = 5 * 60 * 1_000_000;
+
 /// Why a message or value is not a valid rate update.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
@@ -216,6 +231,13 @@ impl RateEvent {
         }
     }
 
+    /// Checks what parsing alone cannot: the event time is at most [`MAX_TIME_AHEAD_US`] after
+    /// `published_ms`, the message's timestamp (milliseconds since the epoch; `None` when the
+    /// broker has none, then the wall clock stands in). The same check as [`RateUpdate::check_published`].
+    pub fn check_published(&self, published_ms: Option<i64>) -> Result<(), ModelError> {
+        check_ahead(self.time_us, published_ms)
+    }
+
     fn to_update(self) -> Result<RateUpdate, ModelError> {
         let time = |us: i64, field| {
             DateTime::from_timestamp_micros(us)
@@ -289,6 +311,11 @@ impl RateUpdate {
             Ok(wire) => wire.validate(),
             Err(_) => Err(json_error_with_path::<WireIn<'_>>(bytes)),
         }
+    }
+
+    /// See [`RateEvent::check_published`].
+    pub fn check_published(&self, published_ms: Option<i64>) -> Result<(), ModelError> {
+        check_ahead(self.time.timestamp_micros(), published_ms)
     }
 
     /// The message value: CoinAPI-compatible JSON plus `received_at` when known.
@@ -370,12 +397,16 @@ impl WireIn<'_> {
             .ok_or(ModelError::MissingField { field: "rate" })?;
         let time = parse_time(&time)
             .ok_or_else(|| ModelError::invalid("time", &time, "not an RFC 3339 UTC timestamp"))?;
+        check_time("time", time)?;
         let received_at = match self.received_at {
             None => None,
             Some(s) => Some(parse_time(&s).ok_or_else(|| {
                 ModelError::invalid("received_at", &s, "not an RFC 3339 UTC timestamp")
             })?),
         };
+        if let Some(r) = received_at {
+            check_time("received_at", r)?;
+        }
         let pair = Pair {
             base: AssetId::parse_field(&base, "asset_id_base")?,
             quote: AssetId::parse_field(&quote, "asset_id_quote")?,
@@ -408,14 +439,52 @@ pub(crate) fn json_error_with_path<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -
     }
 }
 
+/// Whether a parsed rate is in the accepted range ([`MIN_RATE`] to [`MAX_RATE`]; NaN is not).
+pub fn rate_in_range(rate: f64) -> bool {
+    (MIN_RATE..=MAX_RATE).contains(&rate)
+}
+
+/// Whether a time (µs since the epoch) is in the accepted range of `time` and `received_at`.
+pub fn time_in_range(us: i64) -> bool {
+    (MIN_TIME_US..=MAX_TIME_US).contains(&us)
+}
+
+fn check_time(field: &'static str, t: DateTime<Utc>) -> Result<(), ModelError> {
+    if time_in_range(t.timestamp_micros()) {
+        Ok(())
+    } else {
+        Err(ModelError::invalid(
+            field,
+            &format_time(t),
+            "outside the accepted range 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z",
+        ))
+    }
+}
+
+fn check_ahead(time_us: i64, published_ms: Option<i64>) -> Result<(), ModelError> {
+    let published_us = published_ms
+        .and_then(|ms| ms.checked_mul(1000))
+        .unwrap_or_else(|| Utc::now().timestamp_micros());
+    if time_us <= published_us.saturating_add(MAX_TIME_AHEAD_US) {
+        return Ok(());
+    }
+    let shown =
+        DateTime::from_timestamp_micros(time_us).map_or_else(|| time_us.to_string(), format_time);
+    Err(ModelError::invalid(
+        "time",
+        &shown,
+        "more than 5 minutes after the message was published (its Kafka timestamp): a clock gone wrong",
+    ))
+}
+
 fn check_rate(rate: f64) -> Result<(), ModelError> {
-    if rate.is_finite() && rate > 0.0 {
+    if rate_in_range(rate) {
         Ok(())
     } else {
         Err(ModelError::invalid(
             "rate",
             &rate.to_string(),
-            "must be a positive finite number",
+            "must be a finite number from 2.2250738585072014e-308 to 1e18",
         ))
     }
 }

@@ -23,6 +23,8 @@ use crate::metrics::Exporter;
 
 /// How long the main loop may not turn before `/healthz` says so.
 const STALL: Duration = Duration::from_secs(30);
+/// How long the same database work may keep failing before `/readyz` says so.
+pub const WRITE_STUCK: Duration = Duration::from_secs(60);
 
 /// Metrics and health settings.
 #[derive(Debug, Clone, Args)]
@@ -49,6 +51,8 @@ pub struct Health {
     last_turn_ms: AtomicU64,
     /// `Ok` when ready, else why not.
     ready: RwLock<Result<(), String>>,
+    /// Since when the same database work has been failing, and the latest error.
+    failing: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl Default for Health {
@@ -57,6 +61,7 @@ impl Default for Health {
             started: Instant::now(),
             last_turn_ms: AtomicU64::new(0),
             ready: RwLock::new(Err("starting".into())),
+            failing: std::sync::Mutex::new(None),
         }
     }
 }
@@ -78,8 +83,43 @@ impl Health {
         *self.ready.write().unwrap_or_else(|p| p.into_inner()) = ready;
     }
 
+    /// Ready, or why not: what the service said last, or that the same database work has been
+    /// failing for over [`WRITE_STUCK`].
     pub fn ready(&self) -> Result<(), String> {
+        if let Some((since, error)) = self
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let failing = since.elapsed();
+            if failing >= WRITE_STUCK {
+                return Err(format!(
+                    "the same database work has been failing for {} s: {error}",
+                    failing.as_secs()
+                ));
+            }
+        }
         self.ready.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// An attempt of some database work failed (the first failure starts the clock).
+    pub fn write_failed(&self, error: &str) {
+        let mut f = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let since = f.as_ref().map_or_else(Instant::now, |(s, _)| *s);
+        *f = Some((since, error.to_owned()));
+    }
+
+    /// The database work succeeded.
+    pub fn write_succeeded(&self) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    #[cfg(test)]
+    fn failing_since(&self, since: Instant) {
+        if let Some((s, _)) = self.failing.lock().unwrap().as_mut() {
+            *s = since;
+        }
     }
 }
 
@@ -191,5 +231,22 @@ mod tests {
         assert!(h.alive() && h.ready().is_ok());
         h.set_ready(Err("no partitions".into()));
         assert_eq!(h.ready(), Err("no partitions".into()));
+    }
+
+    #[test]
+    fn a_write_failing_for_a_minute_makes_it_unready() {
+        let h = Health::default();
+        h.set_ready(Ok(()));
+        h.write_failed("writing the batch: Data too long");
+        assert!(h.ready().is_ok(), "not yet a minute");
+        h.failing_since(Instant::now() - WRITE_STUCK - Duration::from_secs(1));
+        h.write_failed("writing the batch: lock wait timeout");
+        let reason = h.ready().unwrap_err();
+        assert!(
+            reason.contains("failing for 61 s") && reason.contains("lock wait timeout"),
+            "{reason}"
+        );
+        h.write_succeeded();
+        assert!(h.ready().is_ok());
     }
 }

@@ -54,8 +54,10 @@ pub struct ConsumerFigures {
     pub not_owned: u64,
     /// Writes committed.
     pub writes: u64,
-    /// Rejoins of the group by the watchdog.
+    /// Rejoins of the group (the watchdog, a seek that kept failing, partitions lost).
     pub rejoins: u64,
+    /// Offsets passed over because the broker confirmed they hold no message.
+    pub skipped_offsets: u64,
     /// Messages in the topic not yet applied (MySQL's offsets against the high watermarks).
     pub lag: Option<i64>,
     /// Partitions held now.
@@ -70,6 +72,8 @@ pub struct ConsumerFigures {
 pub struct IngestFigures {
     pub rows_written: u64,
     pub dead_letters: u64,
+    /// Messages whose rows the database refused (kept in dead_letters, reason `rejected`).
+    pub rejected: u64,
     /// Messages found applied already by a write's locked offsets (a former owner wrote them).
     pub fenced: u64,
     pub db_retries: u64,
@@ -100,6 +104,8 @@ pub struct AggregatorFigures {
     pub partly_late: u64,
     pub duplicates: u64,
     pub dead_letters: u64,
+    /// Messages the database refused (pinned by narrowing a refused flush down; dead letters).
+    pub rejected: u64,
     pub windows_emitted: u64,
     pub open_windows: usize,
     pub db_retries: u64,
@@ -163,13 +169,26 @@ pub struct Counters {
     pub details: Details,
 }
 
-/// Writes one `service_stats` row per call, identifying this process as `host:pid:start`.
+/// Writes `service_stats` rows, identifying this process as `host:pid:start`. [`submit`]
+/// writes in the background (a consume loop never waits for the database for its statistics;
+/// one insert at a time, the newest figures win); [`flush`] waits for the last one.
+///
+/// [`submit`]: StatsRecorder::submit
+/// [`flush`]: StatsRecorder::flush
 #[derive(Debug, Clone)]
 pub struct StatsRecorder {
     pool: MySqlPool,
     service: &'static str,
     instance: String,
     started_at: DateTime<Utc>,
+    background: std::sync::Arc<std::sync::Mutex<Background>>,
+}
+
+/// The background insert and figures that waited for it.
+#[derive(Debug, Default)]
+struct Background {
+    running: Option<tokio::task::JoinHandle<()>>,
+    waiting: Option<Counters>,
 }
 
 impl StatsRecorder {
@@ -182,6 +201,71 @@ impl StatsRecorder {
             service,
             instance,
             started_at,
+            background: Default::default(),
+        }
+    }
+
+    /// Stores the counters in the background (after the insert still running, if any: only the
+    /// newest figures wait); returns the process usage now, for the log line.
+    pub fn submit(&self, c: Counters) -> ProcessUsage {
+        let mut bg = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        if bg.running.as_ref().is_some_and(|h| !h.is_finished()) {
+            bg.waiting = Some(c);
+        } else {
+            let this = self.clone();
+            bg.running = Some(tokio::spawn(async move { this.store_newest(c).await }));
+        }
+        process_usage()
+    }
+
+    /// Inserts `c`, then whatever was submitted meanwhile.
+    async fn store_newest(&self, mut c: Counters) {
+        loop {
+            if let Err(e) = self.record(&c).await {
+                tracing::warn!(error = %e, "could not store statistics");
+            }
+            let next = self
+                .background
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiting
+                .take();
+            match next {
+                Some(n) => c = n,
+                None => return,
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) for the submitted figures to be stored.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let running = self
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running
+            .take();
+        let started = std::time::Instant::now();
+        if let Some(h) = running {
+            if tokio::time::timeout(limit, h).await.is_err() {
+                tracing::warn!(?limit, "the last statistics row was not stored in time");
+                return;
+            }
+        }
+        // Figures submitted as the last insert was finishing.
+        let waiting = self
+            .background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .waiting
+            .take();
+        if let Some(c) = waiting {
+            let left = limit.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, self.record(&c)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not store statistics"),
+                Err(_) => tracing::warn!(?limit, "the last statistics row was not stored in time"),
+            }
         }
     }
 

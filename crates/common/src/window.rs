@@ -181,6 +181,25 @@ impl WindowResult {
                 reason: "must be after window.start",
             });
         }
+        for (field, t, text) in [
+            ("window.start", window.start, &wire.window.start),
+            ("window.end", window.end, &wire.window.end),
+        ] {
+            if !crate::model::time_in_range(t.timestamp_micros()) {
+                return Err(ModelError::InvalidField {
+                    field,
+                    value: text.chars().take(64).collect(),
+                    reason: "outside the accepted range 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z",
+                });
+            }
+        }
+        if i64::try_from(wire.update_count).is_err() {
+            return Err(ModelError::InvalidField {
+                field: "update_count",
+                value: wire.update_count.to_string(),
+                reason: "larger than a BIGINT",
+            });
+        }
         Ok(WindowResult {
             window,
             base: AssetId::parse_field(&wire.asset_id_base, "asset_id_base")?,

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use clap::Parser;
 use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
+    consumer::dead_letters::Refusal,
     ingest::{IngestArgs, Meta, Service, Sink, Statements},
     model::push_sql_datetime,
     observe::ObserveArgs,
@@ -90,10 +91,10 @@ impl Sink for RawSink {
     type Row = RawRow;
     const TABLE: &'static str = "raw_coin_data";
 
-    fn parse(&self, meta: Meta, payload: &[u8]) -> Result<RawRow, String> {
-        RateUpdate::from_json(payload)
-            .map(|update| RawRow { update, meta })
-            .map_err(|e| e.to_string())
+    fn parse(&self, meta: Meta, payload: &[u8]) -> Result<RawRow, Refusal> {
+        let update = RateUpdate::from_json(payload)?;
+        update.check_published(meta.published_ms)?;
+        Ok(RawRow { update, meta })
     }
 
     fn statements(&self, rows: &[&RawRow]) -> Statements {
@@ -131,6 +132,7 @@ mod tests {
             meta: Meta {
                 partition: 2,
                 offset: 41,
+                published_ms: None,
             },
         };
         let sql = RawSink::insert_sql(&[&row, &row]);
@@ -150,16 +152,26 @@ mod tests {
     }
 
     #[test]
-    fn parse_errors_become_dead_letter_text() {
-        let err = RawSink
-            .parse(
-                Meta {
-                    partition: 0,
-                    offset: 0,
-                },
-                b"{\"rate\":1}",
-            )
-            .unwrap_err();
-        assert!(err.contains("time"), "{err}");
+    fn parse_errors_become_dead_letters_with_a_reason() {
+        use common::consumer::dead_letters::Reason;
+        let meta = Meta {
+            partition: 0,
+            offset: 0,
+            published_ms: Some(1_722_864_934_000),
+        };
+        let err = RawSink.parse(meta, b"{\"rate\":1}").unwrap_err();
+        assert_eq!(err.reason, Reason::Malformed);
+        assert!(err.error.contains("time"), "{}", err.error);
+        let huge = br#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":1.7e308}"#;
+        let err = RawSink.parse(meta, huge).unwrap_err();
+        assert_eq!(err.reason, Reason::Invalid);
+        assert!(err.error.contains("rate"), "{}", err.error);
+        // Published 2024-08-05T13:35:34Z: an event time a day later is a clock gone wrong.
+        let ahead = br#"{"time":"2024-08-06T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":1}"#;
+        let err = RawSink.parse(meta, ahead).unwrap_err();
+        assert_eq!(err.reason, Reason::Invalid);
+        assert!(err.error.contains("published"), "{}", err.error);
+        let ok = br#"{"time":"2024-08-05T13:35:30Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":1}"#;
+        assert!(RawSink.parse(meta, ok).is_ok());
     }
 }

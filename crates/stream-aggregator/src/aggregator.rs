@@ -1,14 +1,28 @@
 //! The aggregator as a processor of the consumer runtime (`common::consumer`): the runtime
 //! delivers each new message of a held partition; this applies it to the partition's window
 //! engine, and writes and publishes on the runtime's schedule. Ownership and restore are in
-//! `partitions`, flushes and publishing in `flush` and `outbox`, figures in `stats`.
+//! `partitions`, flushes and publishing in `flush` and `outbox`, a refused flush narrowed down in
+//! `probation`, figures in `stats`.
+//!
+//! The boundary: a message becomes an update only if it parses and its values are in the accepted
+//! range (`common::model`: rate, time, and time against the message's publication), so every
+//! window row built from updates can be stored and its sums stay finite. Anything else is a dead
+//! letter with its reason.
 
-use std::{collections::BTreeMap, collections::HashMap, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Instant,
+};
 
 use common::{
     consumer::{
-        dead_letters::DeadLetter, offsets::OffsetStore, probe::Probe, Msg, Processor, WriteTask,
+        dead_letters::{DeadLetter, Reason, Refusal, Source},
+        offsets::OffsetStore,
+        probe::Probe,
+        Msg, Processor, WriteOutcome, WriteTask,
     },
+    observe::Health,
     stats::{ConsumerFigures, StatsRecorder},
     RateEvent,
 };
@@ -20,6 +34,7 @@ use crate::{
     flush::Written,
     outbox::Outbox,
     partitions::{self, Part},
+    probation::Probation,
     stats::{self, Stats},
     store::LateRow,
     Config,
@@ -35,13 +50,18 @@ pub struct Aggregator {
     pub(crate) pool: MySqlPool,
     pub(crate) offsets: OffsetStore,
     pub(crate) outbox: Outbox,
+    pub(crate) health: Arc<Health>,
     pub(crate) parts: HashMap<i32, Part, FxBuildHasher>,
+    /// Partitions whose flush the database refused, being narrowed down.
+    pub(crate) probation: BTreeMap<i32, Probation>,
     pub(crate) stats: Stats,
     /// Events handled since the last flush.
     pub(crate) pending: usize,
     pub(crate) next_flush: Instant,
     /// Latency samples (`received_at`, µs) of the flush in flight, per partition.
     pub(crate) received: Vec<(i32, Vec<i64>)>,
+    /// What the flush in flight held, per partition.
+    pub(crate) in_flight: BTreeMap<i32, crate::flush::InFlight>,
 }
 
 impl Aggregator {
@@ -50,6 +70,7 @@ impl Aggregator {
         pool: MySqlPool,
         offsets: OffsetStore,
         outbox: Outbox,
+        health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         Ok(Aggregator {
             next_flush: Instant::now() + config.flush_interval,
@@ -57,10 +78,13 @@ impl Aggregator {
             pool,
             offsets,
             outbox,
+            health,
             parts: HashMap::default(),
+            probation: BTreeMap::new(),
             stats: Stats::new()?,
             pending: 0,
             received: Vec::new(),
+            in_flight: BTreeMap::new(),
         })
     }
 
@@ -69,6 +93,47 @@ impl Aggregator {
         let open = self.parts.values().map(|p| p.engine.open_windows()).sum();
         let watermarks = self.parts.values().map(|p| p.engine.watermark());
         self.stats.snapshot(open, watermarks)
+    }
+
+    /// Restores partition `p` from MySQL (claiming it) and publishes its outbox; returns the
+    /// next offset it stored.
+    pub(crate) async fn restore(&mut self, p: i32) -> anyhow::Result<Option<i64>> {
+        self.parts.remove(&p);
+        let (mut part, retries) =
+            partitions::restore(&self.pool, &self.offsets, &self.config, &self.health, p).await?;
+        self.stats.figures.db_retries += retries;
+        let next = part.stored_offset;
+        // Results committed before a crash but maybe not published: publish them again.
+        let outbox: Vec<_> = std::mem::take(&mut part.unpublished)
+            .into_iter()
+            .map(|r| (p, r))
+            .collect();
+        self.parts.insert(p, part);
+        self.publish(outbox).await;
+        Ok(next)
+    }
+
+    /// A message that cannot be applied: kept as a dead letter of its partition.
+    fn dead(&mut self, msg: &Msg<'_>, refusal: Refusal) {
+        let Some(part) = self.parts.get_mut(&msg.partition) else {
+            return;
+        };
+        let f = &mut self.stats.figures;
+        f.dead_letters += 1;
+        if refusal.reason == Reason::Rejected {
+            f.rejected += 1;
+        }
+        part.dead.push(DeadLetter::found(
+            Source {
+                topic: self.offsets.topic(),
+                partition: msg.partition,
+                offset: msg.offset,
+                key: msg.key,
+                payload: msg.payload,
+                published_ms: msg.published_ms,
+            },
+            refusal,
+        ));
     }
 }
 
@@ -79,24 +144,15 @@ impl Processor for Aggregator {
     /// message, so a partition that gets no more messages still sees its windows close.
     async fn assigned(&mut self, offsets: &mut BTreeMap<i32, Option<i64>>) -> anyhow::Result<()> {
         for (&p, next) in offsets.iter_mut() {
-            self.parts.remove(&p);
-            let (mut part, retries) =
-                partitions::restore(&self.pool, &self.offsets, &self.config, p).await?;
-            self.stats.figures.db_retries += retries;
-            *next = part.stored_offset;
-            // Results committed before a crash but maybe not published: publish them again.
-            let outbox: Vec<_> = std::mem::take(&mut part.unpublished)
-                .into_iter()
-                .map(|r| (p, r))
-                .collect();
-            self.parts.insert(p, part);
-            self.publish(outbox).await;
+            self.probation.remove(&p);
+            *next = self.restore(p).await?;
         }
         Ok(())
     }
 
     fn revoked(&mut self, partitions: &[i32]) {
         for p in partitions {
+            self.probation.remove(p);
             if self.parts.remove(p).is_some_and(|part| part.changed) {
                 tracing::info!(
                     partition = p,
@@ -111,28 +167,25 @@ impl Processor for Aggregator {
             return; // the runtime hands over messages of held partitions only
         };
         part.next_offset = msg.offset + 1;
+        part.first_read.get_or_insert(msg.offset);
         part.last_event = msg.received;
         part.changed = true;
         self.pending += 1;
         self.stats.event(msg.received);
-        let f = &mut self.stats.figures;
-        let update = match RateEvent::from_json(msg.payload) {
-            Ok(u) => u,
-            Err(e) => {
-                f.dead_letters += 1;
-                let topic = self.offsets.topic();
-                let (p, o) = (msg.partition, msg.offset);
-                part.dead.push(DeadLetter::found(
-                    topic,
-                    p,
-                    o,
-                    msg.key,
-                    msg.payload,
-                    e.to_string(),
-                ));
-                return;
+        if let Some(probation) = self.probation.get_mut(&msg.partition) {
+            if let Some(error) = probation.on_message(msg.offset) {
+                let refusal = Refusal::new(Reason::Rejected, error.to_owned());
+                return self.dead(&msg, refusal);
             }
+        }
+        let update = match RateEvent::from_json(msg.payload)
+            .and_then(|u| u.check_published(msg.published_ms).map(|()| u))
+        {
+            Ok(u) => u,
+            Err(e) => return self.dead(&msg, e.into()),
         };
+        let (f, part) = (&mut self.stats.figures, self.parts.get_mut(&msg.partition));
+        let Some(part) = part else { return };
         let late_row = |watermark_us, missed, applied| LateRow {
             offset: msg.offset,
             pair: update.pair,
@@ -169,18 +222,18 @@ impl Processor for Aggregator {
     }
 
     fn write_due(&self) -> bool {
-        self.pending >= MAX_PENDING
+        self.pending >= MAX_PENDING || self.probation.values().any(Probation::due)
     }
 
     fn start_write(&mut self, probe: Option<&Probe>) -> anyhow::Result<Option<WriteTask<Written>>> {
         Ok(self.start_flush(probe))
     }
 
-    async fn write_done(&mut self, written: Written) -> anyhow::Result<Vec<(i32, i64)>> {
-        Ok(self.flush_done(written).await)
+    async fn write_done(&mut self, written: Written) -> anyhow::Result<WriteOutcome> {
+        self.flush_done(written).await
     }
 
-    async fn report(&self, recorder: &StatsRecorder, runtime: &ConsumerFigures) {
-        stats::report(recorder, runtime, self.figures()).await;
+    fn report(&self, recorder: &StatsRecorder, runtime: &ConsumerFigures) {
+        stats::report(recorder, runtime, self.figures());
     }
 }

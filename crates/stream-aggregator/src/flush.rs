@@ -3,18 +3,29 @@
 //! entry, state, outbox and next offset. The write runs in the background while events go on
 //! being applied (one in flight). After it commits, its results are published (the outbox).
 //!
+//! A failed write: a transient database error retries the same flush with backoff (an attempt
+//! whose COMMIT reply was lost is found committed by the retry: `store::write_flush`). A flush
+//! the database refuses for its data is written again partition by partition, so the others go
+//! on; a partition refused alone is restored and read again in smaller flushes until the refused
+//! messages are found (`probation`). A partition another instance claimed is given up (the
+//! runtime rejoins the group).
+//!
 //! Before a flush, a partition that has been idle (no event for `--idle-timeout`) *and* is read to
 //! its end (its next offset at the high watermark of the latest probe) has its watermark moved
 //! with the wall clock, so its windows close. A partition that is only behind (a backlog being
 //! read) is never advanced: its next messages would all be late.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use common::{
-    backoff::Backoff,
-    consumer::{offsets::OffsetStore, probe::Probe, WriteTask},
+    consumer::{offsets::OffsetStore, probe::Probe, WriteOutcome, WriteTask},
     metrics as m,
+    observe::Health,
+    retry::{classify_any, Failure, Retrier},
     window::{WindowBounds, WindowResult},
 };
 use sqlx::MySqlPool;
@@ -23,19 +34,32 @@ use crate::{
     aggregator::Aggregator,
     engine::Emission,
     partitions::Part,
+    probation::{Flushing, Probation},
     store::{self, FlushOutcome, PartFlush},
     Config, SERVICE,
 };
 
-/// What a background write committed.
+/// What a background write did.
 #[derive(Debug)]
 pub struct Written {
     committed: Vec<PartFlush>,
-    fenced: Vec<i32>,
+    /// Partitions another instance claimed since they were restored here.
+    lost: Vec<i32>,
+    /// Partitions refused alone, with the database's error.
+    rejected: Vec<(PartFlush, String)>,
     committed_at_us: i64,
     retries: u64,
     /// From the start of the write to its commit (retries included).
     took: Duration,
+}
+
+/// What the aggregator remembers of a partition's flush in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InFlight {
+    /// The first offset the partition read since its restore.
+    first_read: Option<i64>,
+    /// What the flush held, for a partition on probation.
+    probation: Option<Flushing>,
 }
 
 impl Aggregator {
@@ -54,6 +78,15 @@ impl Aggregator {
             }
             if let Some(f) = part_flush(part, p, &self.config) {
                 self.received.push((p, std::mem::take(&mut part.received)));
+                let probation = self.probation.get_mut(&p).map(Probation::flushing);
+                let first_read = part.first_read;
+                self.in_flight.insert(
+                    p,
+                    InFlight {
+                        first_read,
+                        probation,
+                    },
+                );
                 flushes.push(f);
             }
         }
@@ -61,22 +94,29 @@ impl Aggregator {
             return None;
         }
         let (pool, offsets) = (self.pool.clone(), self.offsets.clone());
-        Some(write_until_committed(pool, offsets, flushes))
+        Some(write_parts(pool, offsets, self.health.clone(), flushes))
     }
 
-    /// Records a committed flush: drops fenced partitions, takes latency samples, publishes the
-    /// results (undelivered ones stay in their partition's outbox). Returns the stored offsets.
-    pub(crate) async fn flush_done(&mut self, written: Written) -> Vec<(i32, i64)> {
+    /// Records a finished flush: gives up lost partitions, narrows refused ones down, takes
+    /// latency samples, publishes the results (undelivered ones stay in their partition's
+    /// outbox). Returns the stored offsets and what the runtime must do.
+    pub(crate) async fn flush_done(&mut self, written: Written) -> anyhow::Result<WriteOutcome> {
         let received = std::mem::take(&mut self.received);
+        let in_flight = std::mem::take(&mut self.in_flight);
         self.stats.figures.db_retries += written.retries;
         if written.took > self.config.flush_interval.max(Duration::from_millis(100)) {
             tracing::warn!(took = ?written.took, partitions = written.committed.len(), "slow flush: the write took longer than the flush interval");
         }
-        if !written.fenced.is_empty() {
-            tracing::warn!(partitions = ?written.fenced, "another instance claimed these partitions: dropping their state (nothing of it was written)");
-            for p in &written.fenced {
-                self.parts.remove(p);
-            }
+        let mut outcome = WriteOutcome::default();
+        for p in written.lost {
+            self.parts.remove(&p);
+            self.probation.remove(&p);
+            outcome.lost.push(p);
+        }
+        for (f, error) in written.rejected {
+            let info = in_flight.get(&f.partition).copied();
+            let rewind = self.narrow_down(&f, &error, info).await?;
+            outcome.rewind.push(rewind);
         }
         let mut offsets = Vec::with_capacity(written.committed.len());
         let emitted: usize = written.committed.iter().map(|f| f.results.len()).sum();
@@ -101,10 +141,51 @@ impl Aggregator {
                     .map(|r| (p, r)),
             );
             to_publish.extend(f.results.into_iter().map(|r| (p, r)));
+            self.probation_passed(p, f.next_offset);
         }
         self.publish(to_publish).await;
         self.export_metrics(written.took, emitted);
-        offsets
+        outcome.committed = offsets;
+        Ok(outcome)
+    }
+
+    /// A partition's flush was refused alone: it goes on probation (or its probation narrows),
+    /// is restored from MySQL and read again from its stored offset (returned).
+    async fn narrow_down(
+        &mut self,
+        f: &PartFlush,
+        error: &str,
+        info: Option<InFlight>,
+    ) -> anyhow::Result<(i32, i64)> {
+        let p = f.partition;
+        let first_read = info.and_then(|i| i.first_read);
+        match self.probation.get_mut(&p) {
+            Some(probation) => {
+                let flushing = info.and_then(|i| i.probation);
+                let flushing = flushing.unwrap_or_else(|| probation.flushing());
+                probation.rejected(p, flushing, error)?;
+            }
+            None => {
+                let base = f.base_offset.or(first_read).unwrap_or(f.next_offset);
+                tracing::warn!(partition = p, from = base, to = f.next_offset, %error, "the database refused the partition's flush: reading it again in smaller flushes to find the refused messages (the other partitions go on)");
+                self.probation
+                    .insert(p, Probation::start(base, f.next_offset));
+            }
+        }
+        let stored = self.restore(p).await?;
+        let from = stored.or(first_read).unwrap_or(f.next_offset);
+        Ok((p, from))
+    }
+
+    /// A flush of partition `p` committed up to `next`: its probation ends past the refused range.
+    fn probation_passed(&mut self, p: i32, next: i64) {
+        if let Some(probation) = self.probation.get_mut(&p) {
+            if probation.committed(next) {
+                let refused: Vec<i64> = probation.refused().collect();
+                tracing::info!(partition = p, ?refused, "the refused flush is narrowed down: these offsets are dead letters (reason rejected), the rest is written");
+                self.probation.remove(&p);
+            }
+        }
     }
 
     /// Metrics after a flush: its duration and rows, and the running totals.
@@ -118,7 +199,6 @@ impl Aggregator {
         m::set_total(&m::LATE_EVENTS.with_label_values(&["false"]), f.late);
         m::set_total(&m::LATE_EVENTS.with_label_values(&["true"]), f.partly_late);
         m::set_total(&m::DUPLICATES, f.duplicates);
-        m::set_total(&m::DEAD_LETTERS, f.dead_letters);
         let now = Utc::now().timestamp_micros();
         let lag = self
             .parts
@@ -190,44 +270,77 @@ fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<PartFlush> {
         seen_seq: part.seen_seq,
         seen_horizon: part.engine.seen_horizon(),
         unpublished: outbox,
+        replayed: Vec::new(),
     })
 }
 
-/// Writes a flush in one transaction, retrying database errors with backoff (offsets are not
-/// committed until it succeeds); partitions found fenced are left out and reported.
-fn write_until_committed(
+/// Writes a flush: one transaction for all its partitions, transient database errors retried
+/// with backoff (offsets are not committed until it succeeds). Partitions another instance
+/// claimed are left out (lost); a flush refused for its data is written again partition by
+/// partition, and a partition refused alone is reported with the error.
+fn write_parts(
     pool: MySqlPool,
     offsets: OffsetStore,
-    mut flushes: Vec<PartFlush>,
+    health: Arc<Health>,
+    flushes: Vec<PartFlush>,
 ) -> WriteTask<Written> {
     Box::pin(async move {
         let started = Instant::now();
-        let mut backoff = Backoff::database();
-        let mut fenced = Vec::new();
-        let mut retries = 0;
-        while !flushes.is_empty() {
-            match store::write_flush(&pool, &offsets, SERVICE, &flushes).await {
-                Ok(FlushOutcome::Committed) => break,
+        let mut retrier = Retrier::new(Some(health));
+        let mut written = Written {
+            committed: Vec::new(),
+            lost: Vec::new(),
+            rejected: Vec::new(),
+            committed_at_us: 0,
+            retries: 0,
+            took: Duration::ZERO,
+        };
+        // Groups written in one transaction each, the next one last.
+        let mut todo = vec![flushes];
+        while let Some(mut group) = todo.pop() {
+            if group.is_empty() {
+                continue;
+            }
+            let e = match store::write_flush(&pool, &offsets, SERVICE, &group).await {
+                Ok(FlushOutcome::Committed) => {
+                    retrier.succeeded();
+                    written.committed.extend(group);
+                    continue;
+                }
                 Ok(FlushOutcome::Fenced(ps)) => {
-                    flushes.retain(|f| !ps.contains(&f.partition));
-                    fenced.extend(ps);
+                    group.retain(|f| !ps.contains(&f.partition));
+                    written.lost.extend(ps);
+                    todo.push(group);
+                    continue;
                 }
-                Err(e) if e.downcast_ref::<sqlx::Error>().is_some() => {
-                    retries += 1;
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %e, retry_in = ?delay, "writing the flush failed; retrying (offsets not committed)");
-                    tokio::time::sleep(delay).await;
+                Err(e) => e,
+            };
+            match classify_any(&e) {
+                Some(Failure::Transient) => {
+                    retrier
+                        .wait(
+                            "writing the flush (offsets not committed)",
+                            &format!("{e:#}"),
+                        )
+                        .await;
+                    todo.push(group);
                 }
-                Err(e) => return Err(e),
+                Some(Failure::Rejected) => {
+                    retrier.failed(Failure::Rejected, "writing the flush", &format!("{e:#}"));
+                    if group.len() > 1 {
+                        tracing::warn!(error = %e, partitions = group.len(), "the database refused the flush's data: writing its partitions one by one");
+                        todo.extend(group.into_iter().map(|f| vec![f]));
+                    } else if let Some(f) = group.pop() {
+                        written.rejected.push((f, format!("{e:#}")));
+                    }
+                }
+                None => return Err(e),
             }
         }
-        Ok(Written {
-            committed: flushes,
-            fenced,
-            committed_at_us: Utc::now().timestamp_micros(),
-            retries,
-            took: started.elapsed(),
-        })
+        written.committed_at_us = Utc::now().timestamp_micros();
+        written.retries = retrier.failures;
+        written.took = started.elapsed();
+        Ok(written)
     })
 }
 

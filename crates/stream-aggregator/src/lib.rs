@@ -20,6 +20,7 @@ pub mod engine;
 pub mod flush;
 pub mod outbox;
 pub mod partitions;
+pub mod probation;
 mod seen_times;
 pub mod settings;
 pub mod stats;
@@ -90,7 +91,8 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     );
     let offsets = OffsetStore::new(&settings.group, &settings.topic);
     let outbox = Outbox::new(producer, &settings.output_topic);
-    let mut aggregator = Aggregator::new(config, pool.clone(), offsets, outbox)?;
+    let mut aggregator =
+        Aggregator::new(config, pool.clone(), offsets, outbox, ctx.health.clone())?;
     let result =
         common::consumer::run(&mut aggregator, &target, &pool, &settings.consumer, &ctx).await;
     tracing::info!(figures = ?aggregator.figures(), "stream-aggregator stopped");

@@ -6,9 +6,11 @@
 
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use common::{
-    backoff::Backoff, consumer::dead_letters::DeadLetter, consumer::offsets::OffsetStore,
-    window::WindowResult,
+    consumer::dead_letters::DeadLetter, consumer::offsets::OffsetStore, observe::Health,
+    retry::retry, window::WindowResult,
 };
 use sqlx::MySqlPool;
 
@@ -28,6 +30,8 @@ pub struct Part {
     pub next_offset: i64,
     /// The next offset MySQL holds (fencing); `None` before the first write.
     pub stored_offset: Option<i64>,
+    /// The first offset handled since the restore (where to read again when nothing is stored).
+    pub first_read: Option<i64>,
     pub seen_seq: i64,
     pub last_event: Instant,
     pub late: Vec<LateRow>,
@@ -47,6 +51,7 @@ impl Part {
             engine: restored.engine,
             next_offset: restored.next_offset.unwrap_or(-1),
             stored_offset: restored.next_offset,
+            first_read: None,
             seen_seq: restored.seen_seq,
             last_event: Instant::now(),
             late: Vec::new(),
@@ -58,29 +63,19 @@ impl Part {
     }
 }
 
-/// Restores partition `p`. A database error is retried with backoff; anything else (another
-/// window spec, corrupt state) stops the service. Returns the part and its retries.
+/// Restores partition `p`. A transient database error is retried with backoff; anything else
+/// (another window spec, corrupt state) stops the service. Returns the part and its retries.
 pub async fn restore(
     pool: &MySqlPool,
     offsets: &OffsetStore,
     config: &Config,
+    health: &Arc<Health>,
     p: i32,
 ) -> anyhow::Result<(Part, u64)> {
-    let mut backoff = Backoff::database();
-    let mut retries = 0;
-    loop {
-        match store::restore(pool, offsets, p, config.spec, config.lateness_us).await {
-            Err(e) if e.downcast_ref::<sqlx::Error>().is_some() => {
-                retries += 1;
-                let delay = backoff.next_delay();
-                tracing::warn!(partition = p, error = %e, retry_in = ?delay, "restoring partition state failed; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
-            Ok(restored) => {
-                tracing::info!(partition = p, next_offset = ?restored.next_offset, open_windows = restored.engine.open_windows(), unpublished = restored.unpublished.len(), "partition state restored");
-                return Ok((Part::new(restored), retries));
-            }
-        }
-    }
+    let (restored, retries) = retry("restoring partition state", Some(health), || {
+        store::restore(pool, offsets, p, config.spec, config.lateness_us)
+    })
+    .await?;
+    tracing::info!(partition = p, next_offset = ?restored.next_offset, open_windows = restored.engine.open_windows(), unpublished = restored.unpublished.len(), "partition state restored");
+    Ok((Part::new(restored), retries))
 }

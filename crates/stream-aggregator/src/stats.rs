@@ -106,8 +106,8 @@ impl Stats {
     }
 }
 
-/// Stores the statistics row and logs the statistics line.
-pub async fn report(recorder: &StatsRecorder, runtime: &ConsumerFigures, f: AggregatorFigures) {
+/// Submits the statistics row (stored in the background) and logs the statistics line.
+pub fn report(recorder: &StatsRecorder, runtime: &ConsumerFigures, f: AggregatorFigures) {
     let counters = Counters {
         events_in: f.events,
         events_out: f.windows_emitted,
@@ -120,7 +120,7 @@ pub async fn report(recorder: &StatsRecorder, runtime: &ConsumerFigures, f: Aggr
             ..Details::default()
         },
     };
-    let usage = recorder.record_or_warn(&counters).await;
+    let usage = recorder.submit(counters);
     let l = &f.latency;
     tracing::info!(
         events = f.events,
@@ -128,6 +128,7 @@ pub async fn report(recorder: &StatsRecorder, runtime: &ConsumerFigures, f: Aggr
         late = f.late,
         duplicates = f.duplicates,
         dead_letters = f.dead_letters,
+        rejected = f.rejected,
         windows_emitted = f.windows_emitted,
         open_windows = f.open_windows,
         watermark_lag_seconds = ?f.watermark_lag_seconds,

@@ -50,6 +50,7 @@ fn flush(
         seen_seq,
         seen_horizon: i64::MIN,
         unpublished: Vec::new(),
+        replayed: Vec::new(),
     }
 }
 

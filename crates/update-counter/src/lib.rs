@@ -11,6 +11,7 @@ use std::{collections::HashMap, fmt::Write as _};
 use clap::Parser;
 use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
+    consumer::dead_letters::Refusal,
     ingest::{IngestArgs, Meta, Service, Sink, Statements},
     model::push_sql_datetime,
     observe::ObserveArgs,
@@ -81,8 +82,8 @@ impl Sink for CountSink {
     type Row = WindowCount;
     const TABLE: &'static str = "coin_update_count";
 
-    fn parse(&self, _meta: Meta, payload: &[u8]) -> Result<WindowCount, String> {
-        let w = WindowResult::from_json(payload).map_err(|e| e.to_string())?;
+    fn parse(&self, _meta: Meta, payload: &[u8]) -> Result<WindowCount, Refusal> {
+        let w = WindowResult::from_json(payload)?;
         Ok(WindowCount {
             base: w.base,
             quote: w.quote,

@@ -28,13 +28,25 @@
 //!
 //! # Writes
 //! At most one write is in flight while the next one fills; the processor says when a write is
-//! due (size or time). A write retries database errors with backoff until it commits and offsets
-//! are not committed meanwhile. Before partitions are assigned, a write in flight is finished
-//! (it may hold their newest state). On shutdown, drain or a fatal stop, pending work is written
-//! and the Kafka hint committed synchronously.
+//! due (size or time). A write retries transient database errors with backoff until it commits
+//! (offsets are not committed meanwhile); data the database refuses is narrowed down to the
+//! messages that made it and those are kept as dead letters (`crate::retry`, `crate::ingest`, the
+//! aggregator's flush). A finished write may ask the runtime to read partitions again from an
+//! offset ([`WriteOutcome::rewind`]: the aggregator narrowing down a refused flush) or report
+//! partitions another instance owns now ([`WriteOutcome::lost`]: the runtime gives them up and
+//! rejoins the group). Before partitions are assigned, a write in flight is finished (it may hold
+//! their newest state). On shutdown, drain or a fatal stop, pending work is written and the Kafka
+//! hint committed synchronously, within `--shutdown-timeout`; past it the service exits 1 naming
+//! the offsets not written (nothing is lost: they are read again by the next run).
+//!
+//! # Gaps
+//! A message beyond a partition's next offset is never applied before the broker confirms the
+//! offsets between hold no message ([`gaps`]); a seek that fails is retried, then the instance
+//! rejoins its group.
 
 pub mod context;
 pub mod dead_letters;
+pub mod gaps;
 pub mod offsets;
 pub mod probe;
 mod runtime;
@@ -59,8 +71,33 @@ pub struct Msg<'a> {
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
+    /// The message's timestamp (milliseconds since the epoch), when the broker gave one.
+    pub published_ms: Option<i64>,
     /// When the batch of messages it came in was taken from the consumer.
     pub received: Instant,
+}
+
+/// What a committed write tells the runtime.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The next offsets it stored per partition (for Kafka's hint).
+    pub committed: Vec<(i32, i64)>,
+    /// Partitions to read again from an offset (the processor dropped what it held of them
+    /// after it; e.g. a flush the database refused, narrowed down message by message).
+    pub rewind: Vec<(i32, i64)>,
+    /// Partitions another instance owns now (a newer ownership claim): the runtime gives them up
+    /// and rejoins the group, so that it never holds a partition it does not apply.
+    pub lost: Vec<i32>,
+}
+
+impl WriteOutcome {
+    /// A write that committed `offsets` and asks nothing else.
+    pub fn committed(offsets: Vec<(i32, i64)>) -> Self {
+        WriteOutcome {
+            committed: offsets,
+            ..WriteOutcome::default()
+        }
+    }
 }
 
 /// What a service does with its messages; the runtime calls it from its one loop.
@@ -95,19 +132,15 @@ pub trait Processor {
         probe: Option<&probe::Probe>,
     ) -> anyhow::Result<Option<WriteTask<Self::Written>>>;
 
-    /// A write committed. Returns the next offsets it stored per partition (for Kafka's hint).
+    /// A write finished: what it committed, and what the runtime must do about it.
     fn write_done(
         &mut self,
         written: Self::Written,
-    ) -> impl Future<Output = anyhow::Result<Vec<(i32, i64)>>>;
+    ) -> impl Future<Output = anyhow::Result<WriteOutcome>>;
 
-    /// Stores a `service_stats` row and logs the statistics line; `runtime` holds the runtime's
-    /// own figures for this service.
-    fn report(
-        &self,
-        recorder: &crate::stats::StatsRecorder,
-        runtime: &ConsumerFigures,
-    ) -> impl Future<Output = ()>;
+    /// Submits a `service_stats` row (written in the background, off the consume loop) and logs
+    /// the statistics line; `runtime` holds the runtime's own figures for this service.
+    fn report(&self, recorder: &crate::stats::StatsRecorder, runtime: &ConsumerFigures);
 }
 
 /// What a runtime consumes, as whom, and with which client settings.

@@ -33,7 +33,12 @@ pub(super) fn parse(b: &[u8]) -> Option<RateEvent> {
         None
     };
     c.literal(b"}")?;
-    if c.i != b.len() || !(rate.is_finite() && rate > 0.0) {
+    // Out of range: the general parser gives the error.
+    if c.i != b.len()
+        || !super::rate_in_range(rate)
+        || !super::time_in_range(time)
+        || received_at.is_some_and(|r| !super::time_in_range(r))
+    {
         return None;
     }
     Some(RateEvent {
@@ -280,19 +285,74 @@ mod tests {
     }
 
     fn time() -> impl Strategy<Value = DateTime<Utc>> {
-        // Years 0000 to 9999.
-        (-62_167_219_200_000_000i64..253_402_300_799_999_999)
+        // The accepted range: 1970 to the end of 9999.
+        (super::super::MIN_TIME_US..=super::super::MAX_TIME_US)
             .prop_map(|us| DateTime::from_timestamp_micros(us).unwrap())
     }
 
     fn rate() -> impl Strategy<Value = f64> {
         prop_oneof![
             (1e-12f64..1e12),
-            any::<f64>().prop_filter("valid", |r| r.is_finite() && *r > 0.0),
+            any::<f64>().prop_filter("accepted", |r| super::super::rate_in_range(*r)),
             Just(f64::MIN_POSITIVE),
-            Just(f64::MAX),
-            Just(5e-324),
+            Just(super::super::MAX_RATE),
         ]
+    }
+
+    fn out_of_range_rate() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(5e-324),
+            Just(f64::MAX),
+            Just(1.7e308),
+            (1.000_001e18f64..f64::MAX),
+            (0.0f64..f64::MIN_POSITIVE),
+        ]
+    }
+
+    #[test]
+    fn values_outside_the_accepted_range_are_refused_naming_the_field() {
+        let body = |time: &str, rate: &str| {
+            format!(
+                r#"{{"time":"{time}","asset_id_base":"BTC","asset_id_quote":"USD","rate":{rate}}}"#
+            )
+        };
+        for (time, rate, field) in [
+            ("2024-08-05T13:35:34Z", "1.7e308", "rate"),
+            ("2024-08-05T13:35:34Z", "1e19", "rate"),
+            ("2024-08-05T13:35:34Z", "5e-324", "rate"),
+            ("1969-12-31T23:59:59Z", "1", "time"),
+            ("0000-01-01T00:00:00Z", "1", "time"),
+            ("9999-12-31T23:00:00-05:00", "1", "time"),
+        ] {
+            let b = body(time, rate);
+            assert_eq!(parse(b.as_bytes()), None, "{b}");
+            let err = slow(b.as_bytes()).unwrap_err();
+            assert_eq!(err.field(), Some(field), "{b}: {err}");
+            assert!(matches!(err, ModelError::InvalidField { .. }), "{err:?}");
+        }
+        let u = slow(body("2024-08-05T13:35:34Z", "1e18").as_bytes()).unwrap();
+        assert_eq!(u.rate, 1e18);
+    }
+
+    #[test]
+    fn an_event_time_far_ahead_of_its_publication_is_refused() {
+        let b = br#"{"time":"2024-08-05T13:35:34Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":1}"#;
+        let e = super::super::RateEvent::from_json(b).unwrap();
+        let at_ms = e.time_us / 1000;
+        assert!(e.check_published(Some(at_ms)).is_ok());
+        assert!(
+            e.check_published(Some(at_ms - 5 * 60 * 1000)).is_ok(),
+            "5 minutes ahead is still accepted"
+        );
+        let err = e
+            .check_published(Some(at_ms - 5 * 60 * 1000 - 1))
+            .unwrap_err();
+        assert_eq!(err.field(), Some("time"));
+        assert!(err.to_string().contains("published"), "{err}");
+        assert!(
+            e.check_published(None).is_ok(),
+            "a past time against the wall clock"
+        );
     }
 
     proptest! {
@@ -305,6 +365,15 @@ mod tests {
             let json = u.to_json();
             prop_assert_eq!(fast(json.as_bytes()), Some(u));
             prop_assert_eq!(slow(json.as_bytes()), Ok(u));
+        }
+
+        #[test]
+        fn both_parsers_refuse_rates_out_of_range(time in time(), rate in out_of_range_rate()) {
+            let u = RateUpdate { time, pair: "BTC/USD".parse().unwrap(), rate, received_at: None };
+            let json = u.to_json();
+            prop_assert_eq!(fast(json.as_bytes()), None);
+            let err = slow(json.as_bytes()).unwrap_err();
+            prop_assert_eq!(err.field(), Some("rate"));
         }
 
         #[test]

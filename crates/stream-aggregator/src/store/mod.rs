@@ -251,6 +251,8 @@ pub struct PartFlush {
     pub seen_horizon: i64,
     /// Results not yet confirmed published: earlier failures and this flush's (the outbox).
     pub unpublished: Vec<WindowResult>,
+    /// Dead letters this flush applies (a replay): marked replayed in its transaction.
+    pub replayed: Vec<i64>,
 }
 
 impl PartFlush {
@@ -272,53 +274,112 @@ impl PartFlush {
 /// Outcome of a flush transaction.
 #[derive(Debug, PartialEq, Eq)]
 pub enum FlushOutcome {
+    /// Written now, or found written by an earlier attempt whose COMMIT reply was lost.
     Committed,
     /// Another instance claimed these partitions since we restored them (or their stored offsets
     /// moved under us): nothing was written.
     Fenced(Vec<i32>),
 }
 
-/// Writes a flush in one transaction. Database errors are `sqlx::Error`s (retry); anything else
-/// (state that cannot be encoded) is not worth retrying.
+/// Where a partition's flush stands against what MySQL holds, under the row locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// MySQL holds the flush's base: write it.
+    Due,
+    /// MySQL holds its next offset under our epoch: an earlier attempt committed it (its
+    /// COMMIT reply was lost). Nothing to write.
+    Written,
+    /// Another instance claimed the partition, or its offset moved under us.
+    Fenced,
+}
+
+/// Compares a flush with the locked epoch and stored offset of its partition.
+pub fn standing(f: &PartFlush, epoch: Option<i64>, stored: Option<i64>) -> Standing {
+    if epoch != Some(f.epoch) {
+        return Standing::Fenced;
+    }
+    if stored == f.base_offset {
+        Standing::Due
+    } else if stored == Some(f.next_offset) {
+        Standing::Written
+    } else {
+        Standing::Fenced
+    }
+}
+
+/// Writes a flush in one transaction. Database errors are `sqlx::Error`s (classified by the
+/// caller); anything else (state that cannot be encoded) is not worth retrying.
 pub async fn write_flush(
     pool: &MySqlPool,
     offsets: &OffsetStore,
     service: &str,
     parts: &[PartFlush],
 ) -> anyhow::Result<FlushOutcome> {
-    let states: Vec<Vec<u8>> = parts
-        .iter()
-        .map(PartFlush::state)
-        .collect::<anyhow::Result<_>>()?;
     let (group, topic) = (offsets.group(), offsets.topic());
     let partitions: Vec<i32> = parts.iter().map(|p| p.partition).collect();
     let mut tx = pool.begin().await?;
     // Owner rows first, then offsets: the same lock order as a restore.
     let epochs = owner_epochs(&mut tx, group, topic, &partitions).await?;
     let stored = offsets.lock(&mut tx, &partitions).await?;
+    let standings: Vec<Standing> = parts
+        .iter()
+        .map(|p| {
+            let s = stored.get(&p.partition).copied();
+            standing(p, epochs.get(&p.partition).copied(), s)
+        })
+        .collect();
     let fenced: Vec<i32> = parts
         .iter()
-        .filter(|p| {
-            epochs.get(&p.partition) != Some(&p.epoch)
-                || stored.get(&p.partition).copied() != p.base_offset
-        })
-        .map(|p| p.partition)
+        .zip(&standings)
+        .filter(|(_, s)| **s == Standing::Fenced)
+        .map(|(p, _)| p.partition)
         .collect();
     if !fenced.is_empty() {
         tx.rollback().await?;
         return Ok(FlushOutcome::Fenced(fenced));
     }
-    let now = Utc::now().naive_utc();
+    let due: Vec<&PartFlush> = parts
+        .iter()
+        .zip(&standings)
+        .filter(|(_, s)| **s == Standing::Due)
+        .map(|(p, _)| p)
+        .collect();
+    if due.is_empty() {
+        tx.rollback().await?;
+        tracing::info!(partitions = ?partitions, "the flush was found committed by an earlier attempt (its COMMIT reply was lost)");
+        return Ok(FlushOutcome::Committed);
+    }
+    write_parts(&mut tx, offsets, service, &due).await?;
+    tx.commit().await?;
+    Ok(FlushOutcome::Committed)
+}
+
+/// Everything of `parts` in the open transaction: results, late events, dead letters, duplicate
+/// log, state and outbox, replayed dead letters marked, offsets.
+async fn write_parts(
+    tx: &mut MySqlConnection,
+    offsets: &OffsetStore,
+    service: &str,
+    parts: &[&PartFlush],
+) -> anyhow::Result<()> {
+    let (group, topic) = (offsets.group(), offsets.topic());
+    let states: Vec<Vec<u8>> = parts
+        .iter()
+        .map(|p| p.state())
+        .collect::<anyhow::Result<_>>()?;
     let results: Vec<&WindowResult> = parts.iter().flat_map(|p| &p.results).collect();
-    upsert_results(&mut tx, &results, now).await?;
+    upsert_results(&mut *tx, &results).await?;
     for (p, state) in parts.iter().zip(&states) {
-        insert_late(&mut tx, group, topic, p.partition, &p.late).await?;
+        insert_late(&mut *tx, group, topic, p.partition, &p.late).await?;
         let dead: Vec<&DeadLetter> = p.dead.iter().collect();
-        dead_letters::insert(&mut tx, service, topic, &dead).await?;
-        write_seen(&mut tx, group, topic, p).await?;
+        dead_letters::insert(&mut *tx, service, group, topic, &dead).await?;
+        for &id in &p.replayed {
+            dead_letters::mark_replayed(&mut *tx, id).await?;
+        }
+        write_seen(&mut *tx, group, topic, p).await?;
         sqlx::query(
             "INSERT INTO aggregator_state (consumer_group, topic, kafka_partition, seen_seq, state, unpublished, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE seen_seq = VALUES(seen_seq), \
+             VALUES (?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE seen_seq = VALUES(seen_seq), \
              state = VALUES(state), unpublished = VALUES(unpublished), updated_at = VALUES(updated_at)",
         )
         .bind(group)
@@ -327,14 +388,12 @@ pub async fn write_flush(
         .bind(p.written_seen_seq())
         .bind(state.as_slice())
         .bind(encode_outbox(&p.unpublished))
-        .bind(now)
         .execute(&mut *tx)
         .await?;
     }
     let next: Vec<(i32, i64)> = parts.iter().map(|p| (p.partition, p.next_offset)).collect();
-    offsets.store(&mut tx, &next).await?;
-    tx.commit().await?;
-    Ok(FlushOutcome::Committed)
+    offsets.store(&mut *tx, &next).await?;
+    Ok(())
 }
 
 /// Appends this flush's duplicate-log entry and drops entries behind the horizon.
@@ -391,13 +450,15 @@ async fn owner_epochs(
     Ok(q.fetch_all(&mut *conn).await?.into_iter().collect())
 }
 
+/// Upserts window rows; `updated_at` is the database server's clock (compare reads it against
+/// that clock, whatever host the aggregator runs on).
 async fn upsert_results(
     conn: &mut MySqlConnection,
     results: &[&WindowResult],
-    now: NaiveDateTime,
 ) -> Result<(), sqlx::Error> {
     for chunk in results.chunks(1000) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; chunk.len()]
+            .join(",");
         let sql = format!(
             "INSERT INTO stream_agg (start_time, end_time, asset_id_base, asset_id_quote, update_count, avg_rate, \
              min_rate, max_rate, sum_rate, first_rate, last_rate, last_event_time, is_final, updated_at) VALUES {values} \
@@ -421,8 +482,7 @@ async fn upsert_results(
                 .bind(r.first_rate)
                 .bind(r.last_rate)
                 .bind(r.last_event_time.unwrap_or(r.window.start).naive_utc())
-                .bind(r.is_final)
-                .bind(now);
+                .bind(r.is_final);
         }
         q.execute(&mut *conn).await?;
     }

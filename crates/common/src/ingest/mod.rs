@@ -4,9 +4,16 @@
 //!
 //! Messages are parsed into rows (or dead letters) and gathered into batches bounded by size and
 //! time. One MySQL transaction per batch locks the partitions' offsets in `kafka_offsets`, skips
-//! what they show applied already (a former owner of the partition wrote it), writes the rows and
-//! dead letters and stores the new offsets. So even writes that are not idempotent by themselves
-//! are applied once. A database error rolls the batch back and it is retried with backoff.
+//! what they show applied already (a former owner of the partition wrote it, or an attempt whose
+//! COMMIT reply was lost), writes the rows and dead letters and stores the new offsets. So even
+//! writes that are not idempotent by themselves are applied once. How a failed write goes on
+//! ([`write`]): a transient database error is retried with backoff; a batch the database refuses
+//! for its data is split until the refused rows are found, and exactly those are kept as dead
+//! letters (reason `rejected`) while the rest is written. [`replay`] applies dead letters again
+//! after a fix.
+
+mod replay;
+mod write;
 
 use std::{
     collections::BTreeMap,
@@ -15,21 +22,23 @@ use std::{
 };
 
 use clap::Args;
-use sqlx::{Executor, MySqlPool};
+use sqlx::MySqlPool;
 
 use crate::{
-    backoff::Backoff,
     config::{parse_duration, ConsumerArgs, KafkaArgs, MySqlArgs},
     consumer::{
-        dead_letters::{self, DeadLetter},
+        dead_letters::{self, DeadLetter, Refusal, ReplayArgs, Source},
         offsets::OffsetStore,
         probe::Probe,
-        Msg, Processor, Target, WriteTask,
+        Msg, Processor, Target, WriteOutcome, WriteTask,
     },
     metrics as m,
+    observe::Health,
     stats::{ConsumerFigures, Counters, Details, IngestFigures, StatsRecorder},
     Context,
 };
+
+pub use write::Written;
 
 /// Batching settings of an ingesting service, and the shared consumer settings.
 #[derive(Debug, Clone, Args)]
@@ -43,6 +52,8 @@ pub struct IngestArgs {
     pub batch_timeout: Duration,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub replay: ReplayArgs,
 }
 
 /// Where a message came from.
@@ -50,6 +61,8 @@ pub struct IngestArgs {
 pub struct Meta {
     pub partition: i32,
     pub offset: i64,
+    /// The message's timestamp (milliseconds since the epoch), when the broker gave one.
+    pub published_ms: Option<i64>,
 }
 
 /// What a service does with its messages: parse them, and say in SQL how to write a batch of
@@ -60,8 +73,9 @@ pub trait Sink: Send + Sync + 'static {
     /// The table the rows go to (the `table` label of the rows-written metric).
     const TABLE: &'static str;
 
-    /// Parses one message; an error sends it to the dead-letter table with this text.
-    fn parse(&self, meta: Meta, payload: &[u8]) -> Result<Self::Row, String>;
+    /// Parses one message; a refusal sends it to the dead-letter table with its reason and text.
+    /// Whatever it accepts must be storable (values in the columns' ranges).
+    fn parse(&self, meta: Meta, payload: &[u8]) -> Result<Self::Row, Refusal>;
 
     /// The statements that write `rows`, run in order in the batch's transaction. They are text
     /// (the text protocol skips a prepare per statement shape), so every value in them must be
@@ -76,8 +90,16 @@ pub struct Statements {
     pub rows: u64,
 }
 
+/// A parsed row, with where its message's key and payload are in the batch's arena (kept so
+/// that a row the database refuses becomes a dead letter holding the message whole).
+struct Parsed<R> {
+    row: R,
+    key: Option<(usize, usize)>,
+    payload: (usize, usize),
+}
+
 enum Content<R> {
-    Row(R),
+    Row(Parsed<R>),
     Dead(DeadLetter),
 }
 
@@ -86,25 +108,41 @@ struct Item<R> {
     content: Content<R>,
 }
 
-/// What one batch's transaction did.
-#[derive(Debug)]
-pub struct Written {
-    rows: u64,
-    dead: u64,
-    /// Messages the locked offsets showed applied already.
-    fenced: u64,
-    next_offsets: Vec<(i32, i64)>,
-    retries: u64,
-    db_seconds: f64,
+/// Messages waiting to be written: items in arrival order (offset order per partition), and one
+/// buffer holding the bytes of the rows' messages.
+struct Batch<R> {
+    items: Vec<Item<R>>,
+    arena: Vec<u8>,
+}
+
+impl<R> Batch<R> {
+    fn with_capacity(n: usize) -> Self {
+        Batch {
+            items: Vec::with_capacity(n),
+            arena: Vec::new(),
+        }
+    }
+
+    fn keep(&mut self, bytes: &[u8]) -> (usize, usize) {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        (start, bytes.len())
+    }
+}
+
+/// What every write of a service shares.
+struct Writer<S> {
+    sink: S,
+    pool: MySqlPool,
+    service: &'static str,
+    store: OffsetStore,
+    health: Arc<Health>,
 }
 
 /// The ingestion processor: batches of a [`Sink`]'s rows.
 pub struct Ingest<S: Sink> {
-    sink: Arc<S>,
-    pool: MySqlPool,
-    service: &'static str,
-    store: OffsetStore,
-    batch: Vec<Item<S::Row>>,
+    writer: Arc<Writer<S>>,
+    batch: Batch<S::Row>,
     batch_started: Option<Instant>,
     batch_size: usize,
     batch_timeout: Duration,
@@ -114,9 +152,9 @@ pub struct Ingest<S: Sink> {
 impl<S: Sink> std::fmt::Debug for Ingest<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ingest")
-            .field("service", &self.service)
-            .field("store", &self.store)
-            .field("pending", &self.batch.len())
+            .field("service", &self.writer.service)
+            .field("store", &self.writer.store)
+            .field("pending", &self.batch.items.len())
             .finish()
     }
 }
@@ -132,13 +170,25 @@ pub struct Service<'a> {
 }
 
 /// A whole ingesting service: MySQL migrated and the topic present, then [`run`] until shutdown
-/// or drained; the totals are logged at the end.
+/// or drained; the totals are logged at the end. With `--replay-dead-letters` (or
+/// `--list-dead-letters`) it does that instead and exits.
 pub async fn serve<S: Sink>(
     sink: S,
     service: Service<'_>,
     args: &IngestArgs,
     ctx: Context,
 ) -> anyhow::Result<()> {
+    if args.replay.any() {
+        let pool = crate::prepare(service.mysql, None).await?;
+        let store = OffsetStore::new(service.group, service.topic);
+        let result = if args.replay.list {
+            dead_letters::list(&pool, service.name, service.group, &args.replay).await
+        } else {
+            replay::replay(&sink, &pool, service.name, &store, &args.replay, &ctx).await
+        };
+        pool.close().await;
+        return result;
+    }
     let pool = crate::prepare(service.mysql, Some((service.kafka, &[service.topic]))).await?;
     let target = Target::new(
         service.name,
@@ -166,11 +216,14 @@ pub async fn run<S: Sink>(
 ) -> anyhow::Result<(ConsumerFigures, IngestFigures)> {
     tracing::info!(batch_size = args.batch_size, batch_timeout = ?args.batch_timeout, "ingesting");
     let mut ingest = Ingest {
-        sink: Arc::new(sink),
-        pool: pool.clone(),
-        service: target.service,
-        store: OffsetStore::new(&target.group, &target.topic),
-        batch: Vec::with_capacity(args.batch_size as usize),
+        writer: Arc::new(Writer {
+            sink,
+            pool: pool.clone(),
+            service: target.service,
+            store: OffsetStore::new(&target.group, &target.topic),
+            health: ctx.health.clone(),
+        }),
+        batch: Batch::with_capacity(args.batch_size as usize),
         batch_started: None,
         batch_size: args.batch_size as usize,
         batch_timeout: args.batch_timeout,
@@ -188,13 +241,15 @@ impl<S: Sink> Processor for Ingest<S> {
     }
 
     fn revoked(&mut self, partitions: &[i32]) {
-        let before = self.batch.len();
+        let before = self.batch.items.len();
         self.batch
+            .items
             .retain(|i| !partitions.contains(&i.meta.partition));
-        if self.batch.len() < before {
-            tracing::info!(abandoned = before - self.batch.len(), "pending messages of revoked partitions abandoned; their new owner reads them again");
+        if self.batch.items.len() < before {
+            tracing::info!(abandoned = before - self.batch.items.len(), "pending messages of revoked partitions abandoned; their new owner reads them again");
         }
-        if self.batch.is_empty() {
+        if self.batch.items.is_empty() {
+            self.batch.arena.clear();
             self.batch_started = None;
         }
     }
@@ -203,19 +258,27 @@ impl<S: Sink> Processor for Ingest<S> {
         let meta = Meta {
             partition: msg.partition,
             offset: msg.offset,
+            published_ms: msg.published_ms,
         };
-        let content = match self.sink.parse(meta, msg.payload) {
-            Ok(row) => Content::Row(row),
-            Err(error) => Content::Dead(DeadLetter::found(
-                self.store.topic(),
-                msg.partition,
-                msg.offset,
-                msg.key,
-                msg.payload,
-                error,
+        let content = match self.writer.sink.parse(meta, msg.payload) {
+            Ok(row) => Content::Row(Parsed {
+                row,
+                key: msg.key.map(|k| self.batch.keep(k)),
+                payload: self.batch.keep(msg.payload),
+            }),
+            Err(refusal) => Content::Dead(DeadLetter::found(
+                Source {
+                    topic: self.writer.store.topic(),
+                    partition: msg.partition,
+                    offset: msg.offset,
+                    key: msg.key,
+                    payload: msg.payload,
+                    published_ms: msg.published_ms,
+                },
+                refusal,
             )),
         };
-        self.batch.push(Item { meta, content });
+        self.batch.items.push(Item { meta, content });
         self.batch_started.get_or_insert(msg.received);
     }
 
@@ -224,7 +287,7 @@ impl<S: Sink> Processor for Ingest<S> {
     }
 
     fn write_due(&self) -> bool {
-        self.batch.len() >= self.batch_size
+        self.batch.items.len() >= self.batch_size
     }
 
     fn start_write(
@@ -232,33 +295,30 @@ impl<S: Sink> Processor for Ingest<S> {
         _probe: Option<&Probe>,
     ) -> anyhow::Result<Option<WriteTask<Written>>> {
         self.batch_started = None;
-        if self.batch.is_empty() {
+        if self.batch.items.is_empty() {
             return Ok(None);
         }
-        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
-        let (sink, pool, store) = (self.sink.clone(), self.pool.clone(), self.store.clone());
-        let service = self.service;
-        Ok(Some(Box::pin(async move {
-            Ok(write_with_retry(&*sink, &pool, service, &store, batch).await)
-        })))
+        let batch = std::mem::replace(&mut self.batch, Batch::with_capacity(self.batch_size));
+        let writer = self.writer.clone();
+        Ok(Some(Box::pin(async move { writer.write_all(batch).await })))
     }
 
-    async fn write_done(&mut self, w: Written) -> anyhow::Result<Vec<(i32, i64)>> {
+    async fn write_done(&mut self, w: Written) -> anyhow::Result<WriteOutcome> {
         m::ROWS_WRITTEN
             .with_label_values(&[S::TABLE])
             .inc_by(w.rows);
-        m::DEAD_LETTERS.inc_by(w.dead);
         m::WRITE_DURATION.observe(w.db_seconds);
         let f = &mut self.figures;
         f.rows_written += w.rows;
         f.dead_letters += w.dead;
+        f.rejected += w.rejected;
         f.fenced += w.fenced;
         f.db_retries += w.retries;
         f.db_seconds += w.db_seconds;
-        Ok(w.next_offsets)
+        Ok(WriteOutcome::committed(w.next_offsets))
     }
 
-    async fn report(&self, recorder: &StatsRecorder, runtime: &ConsumerFigures) {
+    fn report(&self, recorder: &StatsRecorder, runtime: &ConsumerFigures) {
         let f = &self.figures;
         let counters = Counters {
             events_in: runtime.messages,
@@ -272,12 +332,13 @@ impl<S: Sink> Processor for Ingest<S> {
             },
             ..Counters::default()
         };
-        let usage = recorder.record_or_warn(&counters).await;
+        let usage = recorder.submit(counters);
         let active = runtime.active_seconds;
         tracing::info!(
             messages = runtime.messages,
             rows_written = f.rows_written,
             dead_letters = f.dead_letters,
+            rejected = f.rejected,
             already_applied = runtime.already_applied + f.fenced,
             db_retries = f.db_retries,
             lag = ?runtime.lag,
@@ -288,104 +349,7 @@ impl<S: Sink> Processor for Ingest<S> {
             rows_per_second = if active > 0.0 { (f.rows_written as f64 / active).round() } else { 0.0 },
             cpu_seconds = usage.cpu_seconds,
             peak_rss_mb = usage.peak_rss_bytes as f64 / 1_048_576.0,
-            "{} statistics", self.service
+            "{} statistics", self.writer.service
         );
     }
-}
-
-/// Writes a batch, retrying database errors with backoff until it commits. Offsets are not
-/// committed meanwhile; a second signal exits at once if the database never comes back.
-async fn write_with_retry<S: Sink>(
-    sink: &S,
-    pool: &MySqlPool,
-    service: &str,
-    store: &OffsetStore,
-    batch: Vec<Item<S::Row>>,
-) -> Written {
-    let mut backoff = Backoff::database();
-    let mut retries = 0;
-    let mut db_seconds = 0.0;
-    loop {
-        let started = Instant::now();
-        let result = write_batch(sink, pool, service, store, &batch).await;
-        db_seconds += started.elapsed().as_secs_f64();
-        match result {
-            Ok(mut w) => {
-                w.retries = retries;
-                w.db_seconds = db_seconds;
-                return w;
-            }
-            Err(e) => {
-                retries += 1;
-                let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, messages = batch.len(), "writing the batch failed; retrying (offsets not committed)");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
-/// One transaction: lock the partitions' offsets, skip what they show applied, write rows and
-/// dead letters, store the new offsets, commit.
-async fn write_batch<S: Sink>(
-    sink: &S,
-    pool: &MySqlPool,
-    service: &str,
-    store: &OffsetStore,
-    batch: &[Item<S::Row>],
-) -> Result<Written, sqlx::Error> {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for i in batch {
-        let n = next.entry(i.meta.partition).or_insert(i.meta.offset + 1);
-        *n = (*n).max(i.meta.offset + 1);
-    }
-    let mut tx = pool.begin().await?;
-    let partitions: Vec<i32> = next.keys().copied().collect();
-    let stored = store.lock(&mut tx, &partitions).await?;
-    let new: Vec<&Item<S::Row>> = batch
-        .iter()
-        .filter(|i| {
-            stored
-                .get(&i.meta.partition)
-                .is_none_or(|s| i.meta.offset >= *s)
-        })
-        .collect();
-    let rows: Vec<&S::Row> = new
-        .iter()
-        .filter_map(|i| match &i.content {
-            Content::Row(r) => Some(r),
-            Content::Dead(_) => None,
-        })
-        .collect();
-    let dead: Vec<&DeadLetter> = new
-        .iter()
-        .filter_map(|i| match &i.content {
-            Content::Dead(d) => Some(d),
-            Content::Row(_) => None,
-        })
-        .collect();
-    let statements = if rows.is_empty() {
-        Statements::default()
-    } else {
-        sink.statements(&rows)
-    };
-    for sql in &statements.sql {
-        // Through `Executor`: the future of `RawSql::execute` is not provably `Send`.
-        tx.execute(sqlx::raw_sql(sql)).await?;
-    }
-    dead_letters::insert(&mut tx, service, store.topic(), &dead).await?;
-    let next_offsets: Vec<(i32, i64)> = next
-        .into_iter()
-        .map(|(p, n)| (p, stored.get(&p).map_or(n, |s| n.max(*s))))
-        .collect();
-    store.store(&mut tx, &next_offsets).await?;
-    tx.commit().await?;
-    Ok(Written {
-        rows: statements.rows,
-        dead: dead.len() as u64,
-        fenced: (batch.len() - new.len()) as u64,
-        next_offsets,
-        retries: 0,
-        db_seconds: 0.0,
-    })
 }
