@@ -132,7 +132,8 @@ start_tansu() {
 # What the build needs besides Rust, from Debian's packages: a C toolchain (librdkafka in
 # rdkafka-sys, the broker's SQLite and the bench's C shim build with it) and OpenSSL headers
 # (librdkafka with TLS and SASL). With `test` also what the tests need: Prometheus and promtool
-# (the metrics tests), Chromium and ChromeDriver (the dashboard's browser test).
+# (the metrics tests), Chromium and ChromeDriver (the dashboard's browser test), MariaDB's server
+# programs (the TLS test starts a private server with them).
 tools_up() { # [test]
   local missing=()
   command -v cc >/dev/null && command -v make >/dev/null || missing+=(build-essential)
@@ -142,6 +143,15 @@ tools_up() { # [test]
     command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
     command -v chromium >/dev/null || missing+=(chromium)
     command -v chromedriver >/dev/null || missing+=(chromium-driver)
+    if [ -z "$(mariadbd_path)" ] || ! command -v mariadb-install-db >/dev/null \
+      || ! command -v my_print_defaults >/dev/null; then
+      # Not over an Oracle MySQL server: apt would remove it (the packages conflict).
+      if [ -x /usr/sbin/mysqld ] && [ -z "$(mariadbd_path)" ]; then
+        say "warning: MySQL's server is installed, not MariaDB's; the MySQL TLS test (a private mariadbd) will fail"
+      else
+        missing+=(mariadb-server-core mariadb-client-core)
+      fi
+    fi
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}" || die "installing ${missing[*]} failed (apt-get; as root or with sudo)"
@@ -149,6 +159,10 @@ tools_up() { # [test]
 }
 
 # ---------------------------------------------------------------- database
+mariadbd_path() {
+  command -v mariadbd 2>/dev/null || { [ -x /usr/sbin/mariadbd ] && echo /usr/sbin/mariadbd; } || true
+}
+
 mysql_cli() {
   if command -v mariadb >/dev/null; then echo mariadb; elif command -v mysql >/dev/null; then echo mysql; else return 1; fi
 }
@@ -235,6 +249,11 @@ ENV
   if command -v chromedriver >/dev/null && command -v chromium >/dev/null; then
     echo "COINSTREAM_TEST_CHROMEDRIVER=$(command -v chromedriver)"
     echo "COINSTREAM_TEST_CHROMIUM=$(command -v chromium)"
+  fi
+  # The MySQL TLS test starts a private MariaDB server with its own certificates.
+  if [ -n "$(mariadbd_path)" ] && command -v mariadb-install-db >/dev/null; then
+    echo "COINSTREAM_TEST_MARIADBD=$(mariadbd_path)"
+    echo "COINSTREAM_TEST_MARIADB_INSTALL_DB=$(command -v mariadb-install-db)"
   fi
   # Tests that restart the broker start a private one, in a data directory of its own (the
   # working directory); {addr} is filled in by the test.

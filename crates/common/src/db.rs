@@ -106,7 +106,7 @@ pub async fn connect_with_acquire_timeout(
                 })
             }
             // Waiting does not give a server TLS, or fix a certificate.
-            Err(e @ sqlx::Error::Tls(_)) => {
+            Err(e) if is_tls_failure(&e) => {
                 return Err(DbError::Tls {
                     target: target.to_owned(),
                     source: e,
@@ -127,6 +127,19 @@ pub async fn connect_with_acquire_timeout(
                 attempt += 1;
             }
         }
+    }
+}
+
+/// Whether a failed connection is TLS's fault: sqlx's own TLS errors (no TLS on the server, an
+/// unreadable CA file) and what rustls refused in the handshake (a certificate that does not
+/// verify, or is for another host name), which sqlx passes on inside an I/O error.
+fn is_tls_failure(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
     }
 }
 
@@ -163,3 +176,25 @@ pub async fn migrate(pool: &MySqlPool, target: &str) -> Result<(), DbError> {
 
 /// How long a starting service waits for another one's migrations.
 const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(120);
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::is_tls_failure;
+
+    #[test]
+    fn a_refused_certificate_is_a_tls_failure_and_a_refused_connection_is_not() {
+        let refused_cert =
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let e = sqlx::Error::Io(io::Error::new(io::ErrorKind::InvalidData, refused_cert));
+        assert!(is_tls_failure(&e));
+        assert!(is_tls_failure(&sqlx::Error::Tls(
+            "server does not support TLS".into()
+        )));
+        let e = sqlx::Error::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(!is_tls_failure(&e));
+        let e = sqlx::Error::Io(io::Error::new(io::ErrorKind::InvalidData, "not TLS"));
+        assert!(!is_tls_failure(&e));
+    }
+}

@@ -13,9 +13,11 @@
 //!
 //! [`services`] runs the service binaries as processes (logs, signals, waiting with a bound);
 //! [`broker`] starts a private broker for tests that restart it; [`prometheus`] a private
-//! Prometheus server that scrapes the services.
+//! Prometheus server that scrapes the services; [`mariadb`] a private MariaDB server set up the
+//! test's way (TLS with the test's certificates).
 
 pub mod broker;
+pub mod mariadb;
 pub mod prometheus;
 pub mod services;
 
