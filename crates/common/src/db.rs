@@ -47,6 +47,17 @@ pub enum DbError {
     },
 }
 
+/// Closes a pool at the end of a service, waiting at most 2 s (a write abandoned at the shutdown
+/// timeout may still hold a connection that does not answer).
+pub async fn close(pool: &MySqlPool) {
+    if tokio::time::timeout(Duration::from_secs(2), pool.close())
+        .await
+        .is_err()
+    {
+        tracing::debug!("closing the database pool timed out");
+    }
+}
+
 /// Connects with the service's settings and applies the migrations.
 pub async fn connect_and_migrate(args: &MySqlArgs) -> anyhow::Result<MySqlPool> {
     let opts = args.connect_options()?;

@@ -246,7 +246,7 @@ fn idle(part: &Part, p: i32, config: &Config, probe: Option<&Probe>) -> bool {
 }
 
 /// The flush of one partition, or `None` when it has nothing new.
-fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<PartFlush> {
+pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<PartFlush> {
     let emissions = part.engine.take_emissions(config.mode);
     if emissions.is_empty() && !part.changed && part.unpublished.is_empty() {
         return None;

@@ -13,6 +13,8 @@
 //!   next offset and the emissions as an outbox; written in the background.
 //! - [`outbox`]: after the commit the emissions are published to the output topic (at least
 //!   once: the outbox is re-published after a crash).
+//! - [`probation`]: a flush the database refused, narrowed down to the messages behind it.
+//! - [`replay`]: `--replay-dead-letters`, the partition's letters applied to its stored state.
 //! - [`store`]: the MySQL side and the stored formats; [`stats`]: figures and latency.
 
 pub mod aggregator;
@@ -21,6 +23,7 @@ pub mod flush;
 pub mod outbox;
 pub mod partitions;
 pub mod probation;
+pub mod replay;
 mod seen_times;
 pub mod settings;
 pub mod stats;
@@ -72,6 +75,9 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
         idle_timeout: settings.idle_timeout,
         flush_interval: settings.flush_interval,
     };
+    if settings.replay.any() {
+        return replay::command(&settings, &config, &ctx).await;
+    }
     let topics = [settings.topic.as_str(), settings.output_topic.as_str()];
     let pool = common::prepare(&settings.mysql, Some((&settings.kafka, &topics))).await?;
     store::record_spec(&pool, &settings.group, &config, settings.mode).await?;
@@ -96,6 +102,6 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     let result =
         common::consumer::run(&mut aggregator, &target, &pool, &settings.consumer, &ctx).await;
     tracing::info!(figures = ?aggregator.figures(), "stream-aggregator stopped");
-    pool.close().await;
+    common::db::close(&pool).await;
     result.map(|_| ())
 }

@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 use common::config::{
     non_empty, parse_duration, ConfigError, ConsumerArgs, KafkaArgs, MySqlArgs, TelemetryArgs,
 };
+use common::consumer::dead_letters::ReplayArgs;
 use common::observe::ObserveArgs;
 
 use crate::engine::{Mode, WindowSpec};
@@ -62,6 +63,8 @@ pub struct Settings {
     pub flush_interval: Duration,
     #[command(flatten)]
     pub consumer: ConsumerArgs,
+    #[command(flatten)]
+    pub replay: ReplayArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]

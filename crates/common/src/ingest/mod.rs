@@ -186,7 +186,7 @@ pub async fn serve<S: Sink>(
         } else {
             replay::replay(&sink, &pool, service.name, &store, &args.replay, &ctx).await
         };
-        pool.close().await;
+        crate::db::close(&pool).await;
         return result;
     }
     let pool = crate::prepare(service.mysql, Some((service.kafka, &[service.topic]))).await?;
@@ -202,7 +202,7 @@ pub async fn serve<S: Sink>(
     if let Ok((consumer, ingest)) = &result {
         tracing::info!(?consumer, ?ingest, "{} stopped", service.name);
     }
-    pool.close().await;
+    crate::db::close(&pool).await;
     result.map(|_| ())
 }
 

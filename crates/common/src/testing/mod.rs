@@ -19,6 +19,7 @@
 pub mod broker;
 pub mod mariadb;
 pub mod prometheus;
+pub mod proxy;
 pub mod services;
 
 use std::{str::FromStr, time::Duration};
@@ -376,14 +377,32 @@ impl TestKafka {
     }
 
     async fn produce_to(&self, topic: &str, spread: Option<i32>, messages: &[(String, Vec<u8>)]) {
+        let records: Vec<(Option<&[u8]>, &[u8])> = messages
+            .iter()
+            .map(|(k, p)| (Some(k.as_bytes()), p.as_slice()))
+            .collect();
+        self.produce_records(topic, spread, &records).await;
+    }
+
+    /// Publishes records whose keys and payloads may be any bytes (or no key), in order, and
+    /// waits until every one is acknowledged; with `spread`, record `i` goes to partition
+    /// `i % spread`.
+    pub async fn produce_records(
+        &self,
+        topic: &str,
+        spread: Option<i32>,
+        records: &[(Option<&[u8]>, &[u8])],
+    ) {
         let producer: FutureProducer = crate::kafka::producer_config(&self.bootstrap_servers)
+            .set("message.max.bytes", "2000000")
             .create()
             .expect("test producer");
-        let mut pending = Vec::with_capacity(messages.len());
-        for (i, (key, payload)) in messages.iter().enumerate() {
-            let mut record = FutureRecord::to(topic)
-                .key(key.as_str())
-                .payload(payload.as_slice());
+        let mut pending = Vec::with_capacity(records.len().min(5_000));
+        for (i, (key, payload)) in records.iter().enumerate() {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(*payload);
+            if let Some(k) = key {
+                record = record.key(*k);
+            }
             if let Some(n) = spread {
                 record = record.partition(i as i32 % n);
             }

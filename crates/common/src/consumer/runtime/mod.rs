@@ -41,8 +41,10 @@ use crate::{
 
 /// How often the log is probed (watchdog, drained check, offsets ahead of the log).
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the final statistics row may take to be stored.
+/// How long the final statistics row may take to be stored (less when the shutdown timeout
+/// passed: the database is what does not answer then).
 const FINAL_STATS: Duration = Duration::from_secs(5);
+const FINAL_STATS_TIMED_OUT: Duration = Duration::from_millis(500);
 
 type GroupConsumer = StreamConsumer<GroupEvents>;
 
@@ -91,7 +93,18 @@ pub async fn run<P: Processor>(
     };
     let outcome = rt.run(&consumer, ctx.shutdown.clone()).await;
     rt.processor.report(&rt.recorder, &rt.figures);
-    rt.recorder.flush(FINAL_STATS).await;
+    let timed_out = outcome.as_ref().is_err_and(|e| {
+        matches!(
+            e.downcast_ref::<Stopped>(),
+            Some(Stopped::ShutdownTimeout { .. })
+        )
+    });
+    let limit = if timed_out {
+        FINAL_STATS_TIMED_OUT
+    } else {
+        FINAL_STATS
+    };
+    rt.recorder.flush(limit).await;
     outcome.map(|()| rt.figures)
 }
 
