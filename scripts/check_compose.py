@@ -5,7 +5,7 @@ Docker does not run on our development machines, so this is the test the compose
 - Kafka keeps its log on its volume (KAFKA_LOG_DIRS is the volume's mount point);
 - every coinstream service reads .env (env_file, not required), serves metrics on METRICS_ADDR
   and has a healthcheck (its own --healthcheck), and the consumers have a per-container
-  KAFKA_GROUP_INSTANCE_ID;
+  KAFKA_GROUP_INSTANCE_ID and a stop_grace_period longer than their SHUTDOWN_TIMEOUT;
 - MySQL is 8.4 LTS with no default root password; host ports bind to 127.0.0.1 and can be moved,
   MySQL's not on 3306 by default;
 - compare has an entrypoint and a ./reports bind mount;
@@ -85,8 +85,20 @@ for name in APPS:
     need(test[:1] == ["CMD"] and "--healthcheck" in test, f"{name}'s healthcheck is not its --healthcheck")
 for name in INFRA:
     need("healthcheck" in services.get(name, {}), f"{name} has no healthcheck")
+def seconds(text):
+    m = re.fullmatch(r"(\d+)(ms|s|m)", str(text).strip())
+    if not m:
+        return None
+    return int(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)]
+
+
 for name in CONSUMERS:
-    env = services.get(name, {}).get("environment") or {}
+    svc = services.get(name, {})
+    grace = seconds(svc.get("stop_grace_period", "10s"))
+    timeout = seconds((svc.get("environment") or {}).get("SHUTDOWN_TIMEOUT", "30s"))
+    need(grace and timeout and grace > timeout,
+         f"{name}: stop_grace_period must exceed SHUTDOWN_TIMEOUT (Docker kills at 10 s by default)")
+    env = svc.get("environment") or {}
     need("{hostname}" in str(env.get("KAFKA_GROUP_INSTANCE_ID", "")),
          f"{name} has no per-container KAFKA_GROUP_INSTANCE_ID")
 

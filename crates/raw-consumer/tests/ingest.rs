@@ -150,7 +150,9 @@ async fn poison_messages_go_to_dead_letters_with_offsets() {
     assert!(dead[1].4.contains("rate"), "{}", dead[1].4);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(
-        log.contains("offset=5") && log.contains("malformed message"),
+        log.contains("offset=5")
+            && log.contains("message kept in dead_letters")
+            && log.contains("reason=\"malformed\""),
         "{log}"
     );
 

@@ -22,7 +22,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use common::{
-    consumer::{offsets::OffsetStore, probe::Probe, WriteOutcome, WriteTask},
+    consumer::{dead_letters, offsets::OffsetStore, probe::Probe, WriteOutcome, WriteTask},
     metrics as m,
     observe::Health,
     retry::{classify_any, Failure, Retrier},
@@ -122,6 +122,7 @@ impl Aggregator {
         let emitted: usize = written.committed.iter().map(|f| f.results.len()).sum();
         let mut to_publish: Vec<(i32, WindowResult)> = Vec::new();
         for f in written.committed {
+            dead_letters::count(&f.dead.iter().collect::<Vec<_>>());
             self.stats.figures.windows_emitted += f.results.len() as u64;
             if let Some((_, samples)) = received.iter().find(|(p, _)| *p == f.partition) {
                 self.stats.committed(written.committed_at_us, samples);

@@ -526,6 +526,46 @@ async fn insert_late(
 mod tests {
     use super::*;
 
+    fn flush(epoch: i64, base: Option<i64>, next: i64) -> PartFlush {
+        PartFlush {
+            partition: 0,
+            epoch,
+            base_offset: base,
+            next_offset: next,
+            spec: WindowSpec::tumbling(10_000_000),
+            lateness_us: 0,
+            snapshot: PartitionEngine::new(WindowSpec::tumbling(10_000_000), 0).snapshot(),
+            results: Vec::new(),
+            late: Vec::new(),
+            dead: Vec::new(),
+            new_seen: Vec::new(),
+            seen_seq: 0,
+            seen_horizon: 0,
+            unpublished: Vec::new(),
+            replayed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_retry_finds_its_own_lost_commit_and_never_fences_itself() {
+        let f = flush(7, Some(100), 150);
+        assert_eq!(standing(&f, Some(7), Some(100)), Standing::Due);
+        // The earlier attempt committed; its reply was lost.
+        assert_eq!(standing(&f, Some(7), Some(150)), Standing::Written);
+        // Another instance claimed the partition: a real fence, whatever the offset.
+        assert_eq!(standing(&f, Some(8), Some(100)), Standing::Fenced);
+        assert_eq!(standing(&f, Some(8), Some(150)), Standing::Fenced);
+        // The offset moved elsewhere under our epoch (reset by the runtime): not ours to write.
+        assert_eq!(standing(&f, Some(7), Some(120)), Standing::Fenced);
+        // Never stored before: written once the offset exists.
+        let first = flush(1, None, 10);
+        assert_eq!(standing(&first, Some(1), None), Standing::Due);
+        assert_eq!(standing(&first, Some(1), Some(10)), Standing::Written);
+        // Nothing new (an idle advance): rewriting is idempotent, so it is simply due.
+        let idle = flush(1, Some(10), 10);
+        assert_eq!(standing(&idle, Some(1), Some(10)), Standing::Due);
+    }
+
     #[test]
     fn the_outbox_round_trips_and_tolerates_absence() {
         let r = WindowResult::from_json(br#"{"window":{"start":"2024-08-05T13:35:00Z","end":"2024-08-05T13:40:00Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":3,"avg_rate":2.0,"min_rate":1.0,"max_rate":3.0,"sum_rate":6.0,"is_final":true}"#).unwrap();
