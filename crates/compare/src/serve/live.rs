@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::window::WindowSpec;
 
 use crate::{
-    accuracy::{compare, Accuracy, Agg, Key, StreamWindow},
+    accuracy::{compare, failing, Accuracy, Agg, Key, Status, StreamWindow},
     batch::Scope,
+    settle::Settlement,
     view::{self, WindowView},
 };
 
@@ -19,6 +20,8 @@ pub struct Live {
     pub batch: BTreeMap<Key, Agg>,
     /// Latest final stream window start per pair (for "missing" against "pending").
     latest_final: BTreeMap<(String, String), i64>,
+    /// Which windows the pipeline has not settled (as of the last tick's snapshot).
+    settlement: Settlement,
 }
 
 impl Live {
@@ -32,6 +35,7 @@ impl Live {
             stream: BTreeMap::new(),
             batch,
             latest_final: BTreeMap::new(),
+            settlement: Settlement::default(),
         };
         live.apply_stream(stream);
         live
@@ -93,19 +97,67 @@ impl Live {
         changed
     }
 
+    /// A new settlement (read in this tick's snapshot); returns the windows whose status it
+    /// changed.
+    pub fn apply_settlement(&mut self, settlement: Settlement) -> BTreeSet<Key> {
+        if settlement == self.settlement {
+            return BTreeSet::new();
+        }
+        let old = std::mem::replace(&mut self.settlement, settlement);
+        let moved = self.settlement.moved_since(&old);
+        let size = self.spec.size_us;
+        let candidates: BTreeSet<&Key> = self
+            .stream
+            .keys()
+            .chain(self.batch.keys())
+            .filter(|k| moved(k, k.2 + size))
+            .collect();
+        let mut changed = BTreeSet::new();
+        for key in candidates {
+            let now = self.view(key).status;
+            let before = self.view_with(key, &old).status;
+            if now != before {
+                changed.insert(key.clone());
+            }
+        }
+        changed
+    }
+
+    /// The settlement in use.
+    pub fn settlement(&self) -> &Settlement {
+        &self.settlement
+    }
+
+    /// Windows worth checking for raw rows the aggregator has not read: those of `keys` that
+    /// would differ or be missing (the unread mark aside), and those marked so far.
+    pub fn unread_candidates(&self, keys: &BTreeSet<Key>, settlement: &Settlement) -> Vec<Key> {
+        let mut out: BTreeSet<Key> = self.settlement.unread().clone();
+        for k in keys {
+            let status = self.view_with(k, settlement).status;
+            if matches!(status, Status::Differs | Status::Missing) {
+                out.insert(k.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Every window that would differ or be missing under `settlement` (after a start).
+    pub fn failing(&self, settlement: &Settlement) -> Vec<Key> {
+        failing(&self.stream, &self.batch, self.spec.size_us, settlement)
+    }
+
     /// How a window looks now.
     pub fn view(&self, key: &Key) -> WindowView {
+        self.view_with(key, &self.settlement)
+    }
+
+    fn view_with(&self, key: &Key, settlement: &Settlement) -> WindowView {
         let later_final = self
             .latest_final
             .get(&(key.0.clone(), key.1.clone()))
             .is_some_and(|s| *s > key.2);
-        view::window(
-            key,
-            self.spec.size_us,
-            self.stream.get(key),
-            self.batch.get(key),
-            later_final,
-        )
+        let sides = (self.stream.get(key), self.batch.get(key));
+        view::window(key, self.spec.size_us, sides, later_final, settlement)
     }
 
     /// Windows of one pair starting in `[since, until)`, at most `limit` (the latest ones).
@@ -151,7 +203,12 @@ impl Live {
 
     /// The verdict over every window in scope.
     pub fn accuracy(&self) -> Accuracy {
-        compare(&self.stream, &self.batch)
+        compare(
+            &self.stream,
+            &self.batch,
+            self.spec.size_us,
+            &self.settlement,
+        )
     }
 }
 
