@@ -176,7 +176,8 @@ async fn check_tables_and_report(p: &Pipeline<'_>) {
     let settlement = &json["settlement"];
     assert_eq!(settlement["derived"], true, "{settlement}");
     let partitions = settlement["partitions"].as_array().unwrap();
-    assert_eq!(partitions.len(), 3, "{settlement}");
+    // (Offsets are stored for the partitions that received messages.)
+    assert!(!partitions.is_empty(), "{settlement}");
     assert!(
         partitions
             .iter()
