@@ -259,24 +259,26 @@ impl Settlement {
         &self.unread
     }
 
-    /// The windows of the pair that a change of the rule from `old` to `self` may move between
-    /// pending and a verdict: those ending after the smaller of the two bounds, for every pair
-    /// whose bound changed (`all`: every pair known), and those whose unread mark changed.
-    pub fn moved_since<'a>(&'a self, old: &'a Settlement) -> impl Fn(&Key, i64) -> bool + 'a {
-        move |key: &Key, end_us: i64| {
-            if self.unread.contains(key) != old.unread.contains(key) {
-                return true;
-            }
-            let (a, b) = (self.raw_lag(&key.0, &key.1), old.raw_lag(&key.0, &key.1));
-            if a == b {
-                return false;
-            }
-            let bound = |l: Option<(Option<i32>, Option<i64>)>| match l {
-                None => i64::MAX,
-                Some((_, u)) => u.unwrap_or(i64::MIN),
-            };
-            end_us > bound(a).min(bound(b))
+    /// Whether `other` decides every window as `self` does (only the offsets shown differ).
+    pub fn same_rule(&self, other: &Settlement) -> bool {
+        self.raw_behind == other.raw_behind
+            && self.pairs == other.pairs
+            && self.unread == other.unread
+    }
+
+    /// The windows of `base/quote` that a change of the rule from `old` to `self` may move
+    /// between pending and a verdict end after the returned time (`None`: none moves). Windows
+    /// whose unread mark changed move too ([`Settlement::unread`]).
+    pub fn moved_after(&self, old: &Settlement, base: &str, quote: &str) -> Option<i64> {
+        let (a, b) = (self.raw_lag(base, quote), old.raw_lag(base, quote));
+        if a == b {
+            return None;
         }
+        let bound = |l: Option<(Option<i32>, Option<i64>)>| match l {
+            None => i64::MAX,
+            Some((_, u)) => u.unwrap_or(i64::MIN),
+        };
+        Some(bound(a).min(bound(b)))
     }
 }
 
@@ -505,12 +507,19 @@ mod tests {
         let mut i = inputs(&[(0, 10)], &[(0, 20)]);
         i.pairs[0].3 = 2000;
         let new = Settlement::derive(&i);
-        let moved = new.moved_since(&old);
-        assert!(!moved(&key("BTC", 700), 800));
-        assert!(moved(&key("BTC", 850), 950));
-        assert!(!moved(&key("ETH", 850), 950), "ETH is not behind");
+        assert!(!new.same_rule(&old));
+        // BTC's bound moved from 900 to 1900: windows ending after 900 may move.
+        assert_eq!(new.moved_after(&old, "BTC", "USD"), Some(900));
+        assert_eq!(
+            new.moved_after(&old, "ETH", "USD"),
+            None,
+            "ETH is not behind"
+        );
+        // Caught up: no bound any more, everything after the old one may move.
         let caught_up = Settlement::derive(&inputs(&[(0, 20)], &[(0, 20)]));
-        let moved = caught_up.moved_since(&old);
-        assert!(moved(&key("BTC", 5000), 5100) && !moved(&key("BTC", 0), 100));
+        assert_eq!(caught_up.moved_after(&old, "BTC", "USD"), Some(900));
+        // Only the offsets moved: the same rule.
+        let later = Settlement::derive(&inputs(&[(0, 11)], &[(0, 21)]));
+        assert!(later.same_rule(&old) && later != old);
     }
 }

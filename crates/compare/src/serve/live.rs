@@ -98,29 +98,46 @@ impl Live {
     }
 
     /// A new settlement (read in this tick's snapshot); returns the windows whose status it
-    /// changed.
+    /// changed. The rule is evaluated once per pair, and only the windows it may move are looked
+    /// at again.
     pub fn apply_settlement(&mut self, settlement: Settlement) -> BTreeSet<Key> {
-        if settlement == self.settlement {
+        let same = settlement.same_rule(&self.settlement);
+        let old = std::mem::replace(&mut self.settlement, settlement);
+        if same {
             return BTreeSet::new();
         }
-        let old = std::mem::replace(&mut self.settlement, settlement);
-        let moved = self.settlement.moved_since(&old);
         let size = self.spec.size_us;
-        let candidates: BTreeSet<&Key> = self
-            .stream
-            .keys()
-            .chain(self.batch.keys())
-            .filter(|k| moved(k, k.2 + size))
-            .collect();
-        let mut changed = BTreeSet::new();
-        for key in candidates {
-            let now = self.view(key).status;
-            let before = self.view_with(key, &old).status;
-            if now != before {
-                changed.insert(key.clone());
+        let mut candidates: BTreeSet<&Key> = BTreeSet::new();
+        for map in [
+            self.stream.keys().collect::<Vec<_>>(),
+            self.batch.keys().collect(),
+        ] {
+            let mut pair: Option<(&str, &str, Option<i64>)> = None;
+            for k in map {
+                let after = match pair {
+                    Some((b, q, after)) if b == k.0 && q == k.1 => after,
+                    _ => {
+                        let after = self.settlement.moved_after(&old, &k.0, &k.1);
+                        pair = Some((&k.0, &k.1, after));
+                        after
+                    }
+                };
+                if after.is_some_and(|a| k.2 + size > a) {
+                    candidates.insert(k);
+                }
             }
         }
-        changed
+        let unread: Vec<&Key> = self
+            .settlement
+            .unread()
+            .symmetric_difference(old.unread())
+            .collect();
+        candidates.extend(unread);
+        candidates
+            .into_iter()
+            .filter(|k| self.view(k).status != self.view_with(k, &old).status)
+            .cloned()
+            .collect()
     }
 
     /// The settlement in use.
@@ -292,6 +309,44 @@ mod tests {
         );
         assert_eq!(live.pairs()["BTC/USD"], 120);
         assert_eq!(live.accuracy().missing, 1);
+    }
+
+    #[test]
+    fn a_new_settlement_moves_exactly_the_windows_it_decides_otherwise() {
+        use crate::settle::Inputs;
+        let rule = |raw: i64, latest_us: i64| {
+            Settlement::derive(&Inputs {
+                offsets: vec![
+                    ("raw".into(), "t".into(), 0, raw),
+                    ("agg".into(), "t".into(), 0, 100),
+                ],
+                raw_group: "raw".into(),
+                aggregator_group: "agg".into(),
+                pairs: vec![("BTC".into(), "USD".into(), Some(0), latest_us)],
+                watermark_us: Some(10),
+                raw_empty: false,
+                stream_empty: false,
+            })
+        };
+        // Stream windows 0..300 final; the batch side has 0 and 60 only.
+        let stream = (0..5).map(|i| (k(i * 60), sw(1, true))).collect();
+        let batch = BTreeMap::from([(k(0), agg(1)), (k(60), agg(1))]);
+        let mut live = Live::new(WindowSpec::tumbling(60), stream, batch);
+        assert_eq!(live.view(&k(120)).status, Status::Extra);
+        // The raw consumer behind, latest event 130: settled up to 120.
+        let changed = live.apply_settlement(rule(50, 130));
+        assert_eq!(changed, BTreeSet::from([k(120), k(180), k(240)]));
+        assert_eq!(live.view(&k(120)).status, Status::Pending);
+        assert_eq!(live.accuracy().pending, 3);
+        // Only the offsets moved: nothing to push.
+        assert!(live.apply_settlement(rule(51, 130)).is_empty());
+        // Its bound moves to 200: 120 is settled again (extra).
+        let changed = live.apply_settlement(rule(60, 210));
+        assert_eq!(changed, BTreeSet::from([k(120)]));
+        // Caught up: the rest are extra.
+        let changed = live.apply_settlement(rule(100, 300));
+        assert_eq!(changed, BTreeSet::from([k(180), k(240)]));
+        assert_eq!(live.accuracy().extra, 3);
     }
 
     #[test]

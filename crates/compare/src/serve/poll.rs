@@ -99,6 +99,8 @@ struct Poller {
     raw: IdCursor,
     late: IdCursor,
     last_pipeline: Option<Instant>,
+    /// The last read of the dead letters failed (said once).
+    dead_letters_failed: bool,
     pending: Pending,
 }
 
@@ -122,6 +124,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         raw: IdCursor::default(),
         late: IdCursor::default(),
         last_pipeline: None,
+        dead_letters_failed: false,
         pending: Pending::default(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
@@ -415,12 +418,24 @@ impl Poller {
     async fn pipeline(&mut self) -> anyhow::Result<()> {
         let cursor = self.shared.state.read().await.pipeline.cursor;
         let (rows, now_us) = pipeline::read(&self.shared.pool, cursor).await?;
-        let dead = pipeline::dead_letters(&self.shared.pool).await?;
+        // Not fatal (a database whose dead_letters lacks the replay columns): said once.
+        let dead = match pipeline::dead_letters(&self.shared.pool).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                if !self.dead_letters_failed {
+                    tracing::warn!(error = %format!("{e:#}"), "reading the dead letters failed: not shown");
+                }
+                None
+            }
+        };
+        self.dead_letters_failed = dead.is_none();
         let mut state = self.shared.state.write().await;
         for r in rows {
             state.pipeline.add(r);
         }
-        state.pipeline.dead_letters = dead;
+        if let Some(dead) = dead {
+            state.pipeline.dead_letters = dead;
+        }
         let panel = state.pipeline.panel(now_us);
         let dead = state.pipeline.dead_letters.clone();
         drop(state);
