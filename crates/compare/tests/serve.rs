@@ -133,13 +133,13 @@ async fn windows(db: &TestDb, bases: &[&str], count: i64) {
     }
 }
 
-/// An event stream whose client reads everything, counting the bytes.
-fn reading_client(url: String) -> Arc<AtomicU64> {
+/// An event stream whose client reads everything, counting the bytes (once it is served).
+async fn reading_client(url: String) -> Arc<AtomicU64> {
+    let mut r = reqwest::get(url).await.unwrap();
+    assert_eq!(r.status(), 200);
     let bytes = Arc::new(AtomicU64::new(0));
     let counter = bytes.clone();
     tokio::spawn(async move {
-        let mut r = reqwest::get(url).await.unwrap();
-        assert_eq!(r.status(), 200);
         while let Ok(Some(chunk)) = r.chunk().await {
             counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
         }
@@ -147,7 +147,8 @@ fn reading_client(url: String) -> Arc<AtomicU64> {
     bytes
 }
 
-/// An event stream whose client never reads (a small receive buffer, so that it fills soon).
+/// An event stream whose client reads the response's head, then nothing more (a small receive
+/// buffer, so that it fills soon).
 async fn stalled_client(port: u16) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -159,6 +160,18 @@ async fn stalled_client(port: u16) -> tokio::net::TcpStream {
         .write_all(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before its head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     stream
 }
 
@@ -169,26 +182,17 @@ async fn clients_beyond_the_cap_get_503_and_a_stalled_client_is_cut() {
     windows(&db, &["AAA", "BBB", "CCC"], 1000).await;
     let serve = Serve::start(&db, "serve-clients", &["--max-clients", "2"]).await;
 
-    let reader = reading_client(serve.url("/events"));
+    let reader = reading_client(serve.url("/events")).await;
     let mut stalled = stalled_client(serve.port).await;
     // Both slots taken: a third stream is refused, with the reason.
-    let started = Instant::now();
-    loop {
-        let r = reqwest::get(serve.url("/events")).await.unwrap();
-        if r.status() == 503 {
-            let body: Value = r.json().await.unwrap();
-            let e = body["error"].as_str().unwrap_or_default();
-            assert!(
-                e.contains("too many clients") && e.contains("COMPARE_MAX_CLIENTS"),
-                "{body}"
-            );
-            break;
-        }
-        assert_eq!(r.status(), 200);
-        drop(r);
-        assert!(started.elapsed() < Duration::from_secs(10), "never 503");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let r = reqwest::get(serve.url("/events")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    let e = body["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("too many clients") && e.contains("COMPARE_MAX_CLIENTS"),
+        "{body}"
+    );
 
     // Windows change all the time: events of hundreds of kB flow to both clients.
     let pool = db.pool.clone();
