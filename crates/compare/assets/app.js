@@ -175,8 +175,37 @@
     return (seconds / 3600).toFixed(1) + " h ago";
   }
 
+  // The dead letters not replayed: how many, and the newest few (service, reason, error, where
+  // from, when).
+  function renderDeadLetters(d) {
+    if (!d) return;
+    const count = $("dead-letters-count");
+    count.textContent = C.fmt(d.not_replayed, 0);
+    count.className = d.not_replayed > 0 ? "fail" : "";
+    const table = $("dead-letters");
+    table.classList.toggle("hidden", d.newest.length === 0);
+    const body = table.querySelector("tbody");
+    body.replaceChildren();
+    for (const l of d.newest) {
+      const tr = document.createElement("tr");
+      tr.dataset.id = l.id;
+      tr.dataset.service = l.service;
+      tr.dataset.reason = l.reason;
+      const cells = [l.service, l.reason, l.error, `${l.topic} [${l.partition}] @ ${l.offset}`,
+        C.timeLabel(l.recorded_us, true, true)];
+      for (const c of cells) {
+        const td = document.createElement("td");
+        td.textContent = c;
+        tr.appendChild(td);
+      }
+      tr.children[2].className = "error-text";
+      body.appendChild(tr);
+    }
+  }
+
   function renderPipeline(p) {
     if (!p) return;
+    renderDeadLetters(p.dead_letters);
     st.pipeline = { data: p, at: Date.now() };
     const body = $("pipeline").querySelector("tbody");
     body.replaceChildren();

@@ -3,11 +3,15 @@
 //! Counts, min and max must match exactly; sum and avg to 1e-9 relative. A stream window that is
 //! not final yet and differs is "open" (the stream may still be catching up), not a mismatch. A
 //! batch window missing from the stream is a failure when the stream already has a later final
-//! window for that pair (it should have been there), and "pending" otherwise.
+//! window for that pair (it should have been there), and "pending" otherwise. A window that would
+//! fail but that the pipeline has not settled yet (a consumer behind the other: [`Settlement`]) is
+//! "pending" too.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use crate::settle::Settlement;
 
 /// Aggregates of one (pair, window) on either side.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -105,7 +109,8 @@ pub enum Status {
     Differs,
     /// The stream window differs but is not final yet (it may be catching up).
     Open,
-    /// In the raw data, not in the stream yet, and no later final window of its pair either.
+    /// In the raw data, not in the stream yet, and no later final window of its pair either; or
+    /// a difference the pipeline has not settled yet (a consumer behind the other).
     Pending,
     /// In the raw data, not in the stream, though a later window of its pair is final.
     Missing,
@@ -141,6 +146,21 @@ pub fn classify(
     }
 }
 
+/// [`classify`], then a failure the pipeline has not settled is pending (with why).
+pub fn classify_settled(
+    key: &Key,
+    size_us: i64,
+    (stream, batch): (Option<&StreamWindow>, Option<&Agg>),
+    later_final: bool,
+    settlement: &Settlement,
+) -> (Status, Option<(String, f64)>) {
+    let (status, what) = classify(stream, batch, later_final);
+    match settlement.pending(key, key.2 + size_us, status) {
+        Some(why) => (Status::Pending, Some((why, 0.0))),
+        None => (status, what),
+    }
+}
+
 /// Latest final window start per pair in the stream.
 pub fn latest_final(stream: &BTreeMap<Key, StreamWindow>) -> BTreeMap<(&str, &str), i64> {
     let mut latest: BTreeMap<(&str, &str), i64> = BTreeMap::new();
@@ -153,20 +173,53 @@ pub fn latest_final(stream: &BTreeMap<Key, StreamWindow>) -> BTreeMap<(&str, &st
     latest
 }
 
-/// Compares every window.
-pub fn compare(stream: &BTreeMap<Key, StreamWindow>, batch: &BTreeMap<Key, Agg>) -> Accuracy {
-    let mut acc = Accuracy::default();
-    let mut diffs = Vec::new();
+/// Every window of both sides with its status (under `settlement`) and what differs.
+fn statuses<'a>(
+    stream: &'a BTreeMap<Key, StreamWindow>,
+    batch: &'a BTreeMap<Key, Agg>,
+    size_us: i64,
+    settlement: &'a Settlement,
+) -> impl Iterator<Item = (&'a Key, Status, Option<(String, f64)>)> + 'a {
     let latest = latest_final(stream);
     let keys = batch
         .keys()
         .chain(stream.keys().filter(|k| !batch.contains_key(*k)));
-    for k in keys {
-        let (s, b) = (stream.get(k), batch.get(k));
+    keys.map(move |k| {
         let later_final = latest
             .get(&(k.0.as_str(), k.1.as_str()))
             .is_some_and(|s| *s > k.2);
-        let (status, what) = classify(s, b, later_final);
+        let sides = (stream.get(k), batch.get(k));
+        let (status, what) = classify_settled(k, size_us, sides, later_final, settlement);
+        (k, status, what)
+    })
+}
+
+/// The windows that would differ or be missing under `settlement`: those worth checking for rows
+/// the aggregator has not read yet.
+pub fn failing(
+    stream: &BTreeMap<Key, StreamWindow>,
+    batch: &BTreeMap<Key, Agg>,
+    size_us: i64,
+    settlement: &Settlement,
+) -> Vec<Key> {
+    statuses(stream, batch, size_us, settlement)
+        .filter(|(_, s, _)| matches!(s, Status::Differs | Status::Missing))
+        .map(|(k, _, _)| k.clone())
+        .collect()
+}
+
+/// Compares every window (windows `size_us` long; failures the pipeline has not settled are
+/// pending).
+pub fn compare(
+    stream: &BTreeMap<Key, StreamWindow>,
+    batch: &BTreeMap<Key, Agg>,
+    size_us: i64,
+    settlement: &Settlement,
+) -> Accuracy {
+    let mut acc = Accuracy::default();
+    let mut diffs = Vec::new();
+    for (k, status, what) in statuses(stream, batch, size_us, settlement) {
+        let (s, b) = (stream.get(k), batch.get(k));
         if b.is_some() {
             acc.windows_compared += 1;
         }
@@ -196,7 +249,7 @@ pub fn compare(stream: &BTreeMap<Key, StreamWindow>, batch: &BTreeMap<Key, Agg>)
     diffs.truncate(20);
     acc.worst = diffs;
     // A comparison in which no window matched proves nothing (a mistyped --group, an aggregator
-    // that has not written yet): it fails, and says so.
+    // that has not written yet): it fails, and says so. Pending windows are no verdict.
     acc.passed = acc.matched > 0 && acc.mismatches == 0 && acc.missing == 0 && acc.extra == 0;
     acc
 }
@@ -226,13 +279,17 @@ mod tests {
         ("BTC".into(), "USD".into(), s)
     }
 
+    fn strict() -> Settlement {
+        Settlement::strict("raw", None)
+    }
+
     #[test]
     fn comparing_nothing_fails() {
         let batch = BTreeMap::from([(key(0), agg(3, 4.5)), (key(60), agg(2, 3.0))]);
-        let a = compare(&BTreeMap::new(), &batch);
+        let a = compare(&BTreeMap::new(), &batch, 60, &strict());
         assert_eq!((a.matched, a.pending), (0, 2));
         assert!(!a.passed && a.compared_nothing(), "{a:?}");
-        assert!(!compare(&BTreeMap::new(), &BTreeMap::new()).passed);
+        assert!(!compare(&BTreeMap::new(), &BTreeMap::new(), 60, &strict()).passed);
     }
 
     #[test]
@@ -245,7 +302,7 @@ mod tests {
                 is_final: true,
             },
         )]);
-        let a = compare(&stream, &batch);
+        let a = compare(&stream, &batch, 60, &strict());
         assert!(a.passed && a.matched == 1, "{a:?}");
     }
 
@@ -270,7 +327,7 @@ mod tests {
                 },
             ),
         ]);
-        let a = compare(&stream, &batch);
+        let a = compare(&stream, &batch, 60, &strict());
         assert!(!a.passed);
         assert_eq!(a.mismatches, 1);
         assert_eq!(a.worst[0].start_us, 0);
@@ -301,7 +358,7 @@ mod tests {
                 },
             ),
         ]);
-        let a = compare(&stream, &batch);
+        let a = compare(&stream, &batch, 60, &strict());
         assert_eq!((a.missing, a.open, a.pending, a.extra), (1, 1, 1, 1));
         assert!(!a.passed);
     }

@@ -2,8 +2,8 @@
 //!
 //! How, so that 10 million rows take seconds and a handful of windows take milliseconds:
 //! 1. MySQL aggregates per *slide bucket* (count, sum, min, max): per pair, a `GROUP BY` over its
-//!    range of the covering index `(pair, time, rate)`, read from the index alone; two pairs at a
-//!    time.
+//!    range of the covering index `(pair, time, rate)`, read from the index alone; one pair after
+//!    the other, on the one connection of the run's snapshot.
 //! 2. Windows are assembled from their buckets here ([`assemble`]: a sliding window is the union
 //!    of `size / slide` buckets).
 //! 3. Late events the aggregator recorded (same pair, time, partition and offset as the raw row)
@@ -20,8 +20,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use common::{model::Pair, window::WindowSpec};
-use futures::{StreamExt, TryStreamExt};
-use sqlx::MySqlPool;
+use sqlx::MySqlConnection;
 
 use crate::accuracy::{Agg, Key};
 
@@ -223,30 +222,28 @@ pub struct Batch {
     pub raw_rows: i64,
 }
 
-/// Pairs read at once when computing everything (two cores' worth of MySQL).
-const PARALLEL: usize = 2;
-
 /// Recomputes the windows of `scope` from `raw_coin_data`, leaving out what the aggregator group
-/// `group` recorded as late.
+/// `group` recorded as late; every read on `conn` (a [`crate::queries::Snapshot`]'s, so that the
+/// raw rows and late events are of one moment).
 pub async fn compute(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
     group: &str,
     scope: &Scope,
 ) -> anyhow::Result<Batch> {
     let started = Instant::now();
-    let buckets = buckets(pool, spec, scope).await?;
+    let buckets = buckets(conn, spec, scope).await?;
     let raw_rows = buckets.values().map(|p| p.count).sum();
     let mut windows = assemble(spec, &buckets);
     windows.retain(|(b, q, s), _| scope.contains(b, q, *s));
-    let late = late_events(pool, spec, group, scope).await?;
+    let late = late_events(conn, spec, group, scope).await?;
     let excluded = exclusions(spec, &late);
     for key in exclude(&mut windows, &excluded) {
         let leave_out: HashSet<(i32, i64)> = excluded[&key]
             .iter()
             .map(|l| (l.partition, l.offset))
             .collect();
-        match window_from_rows(pool, spec, &key, &leave_out).await? {
+        match window_from_rows(conn, spec, &key, &leave_out).await? {
             Some(p) => windows.insert(key, p),
             None => windows.remove(&key),
         };
@@ -325,9 +322,9 @@ pub(crate) fn bucket_sql(spec: WindowSpec) -> String {
 }
 
 /// Per-bucket aggregates of the scope's raw rows: one `GROUP BY` per pair over its range of the
-/// covering index `(pair, time, rate)` (index only, no table rows read), pairs two at a time.
+/// covering index `(pair, time, rate)` (index only, no table rows read).
 async fn buckets(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
     scope: &Scope,
 ) -> anyhow::Result<BTreeMap<BucketKey, Partial>> {
@@ -335,7 +332,7 @@ async fn buckets(
         Some(p) => vec![(p.base.to_string(), p.quote.to_string())],
         None => {
             sqlx::query_as("SELECT DISTINCT asset_id_base, asset_id_quote FROM raw_coin_data")
-                .fetch_all(pool)
+                .fetch_all(&mut *conn)
                 .await?
         }
     };
@@ -349,20 +346,13 @@ async fn buckets(
          WHERE r.asset_id_base = ? AND r.asset_id_quote = ?{conditions} GROUP BY b",
         b = bucket_sql(spec),
     );
-    let per_pair = futures::stream::iter(pairs).map(|(base, quote)| {
+    let mut out: BTreeMap<BucketKey, Partial> = BTreeMap::new();
+    for (base, quote) in pairs {
         let mut all = vec![Bind::Text(base.clone()), Bind::Text(quote.clone())];
         all.extend(binds.iter().cloned());
-        let sql = &sql;
-        async move {
-            let rows = bind_all(sqlx::query_as::<_, (i64, i64, f64, f64, f64)>(sql), &all)
-                .fetch_all(pool)
-                .await?;
-            anyhow::Ok((base, quote, rows))
-        }
-    });
-    let mut per_pair = per_pair.buffer_unordered(PARALLEL);
-    let mut out: BTreeMap<BucketKey, Partial> = BTreeMap::new();
-    while let Some((base, quote, rows)) = per_pair.try_next().await? {
+        let rows = bind_all(sqlx::query_as::<_, (i64, i64, f64, f64, f64)>(&sql), &all)
+            .fetch_all(&mut *conn)
+            .await?;
         for (n, count, sum, min, max) in rows {
             let p = Partial {
                 count,
@@ -379,7 +369,7 @@ async fn buckets(
 /// Late events of `group` in scope whose raw row is the event itself (same pair and time, and
 /// the same partition and offset).
 async fn late_events(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
     group: &str,
     scope: &Scope,
@@ -397,7 +387,7 @@ async fn late_events(
     );
     let mut all = vec![Bind::Text(group.to_owned())];
     all.extend(binds);
-    let rows: Vec<LateRow> = bind_all(sqlx::query_as(&sql), &all).fetch_all(pool).await?;
+    let rows: Vec<LateRow> = bind_all(sqlx::query_as(&sql), &all).fetch_all(conn).await?;
     Ok(rows
         .into_iter()
         .map(
@@ -420,7 +410,7 @@ type LateRow = (String, String, i64, f64, i32, i64, bool, i64);
 
 /// One window from its rows, leaving out `(partition, offset)`s; `None` when nothing is left.
 async fn window_from_rows(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
     (base, quote, start): &Key,
     leave_out: &HashSet<(i32, i64)>,
@@ -439,7 +429,7 @@ async fn window_from_rows(
     .bind(quote)
     .bind(from.naive_utc())
     .bind(to.naive_utc())
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let mut out: Option<Partial> = None;
     for (rate, p, o) in rows {

@@ -15,8 +15,11 @@
 //! rows are new anyway, or with `--full` (needed after rows were deleted). A run narrowed by
 //! `--pair`/`--since`/`--until` computes its scope directly and leaves the stored windows alone.
 //! Runs are serialized by an advisory lock; one that finds it held computes directly too, and one
-//! that lost it (its connection dropped) does not store what it computed. The stored windows and
-//! the marks change in one transaction.
+//! that lost it (its connection dropped) does not store what it computed. A run reads everything
+//! (the ids, the rows, the stored windows, and in a one-shot compare the rest of its report) in
+//! one consistent snapshot begun once it holds the lock, and stores the recomputed windows and
+//! its mark afterwards, in one transaction: the mark is the snapshot's ids and the database's
+//! clock as the snapshot began.
 
 use std::{collections::BTreeMap, collections::BTreeSet, time::Instant};
 
@@ -28,6 +31,7 @@ use sqlx::{pool::PoolConnection, Acquire, Connection, MySql, MySqlConnection, My
 use crate::{
     accuracy::{Agg, Key},
     batch::{self, Batch, Scope, REREAD_IDS, REREAD_MARGIN},
+    queries::Snapshot,
 };
 
 /// The advisory lock's name (SQL, the group bound): at most 64 characters (MySQL), so the
@@ -101,7 +105,9 @@ fn prune_before(
         .find(|t| *t <= now - margin)
 }
 
-/// The batch side of `scope` for aggregator group `group`; incremental where it can be.
+/// The batch side of `scope` for aggregator group `group`, incremental where it can be, in a
+/// snapshot of its own, and stored for the next run (a one-shot compare reads the rest of its
+/// report in the same snapshot instead: [`Lock`], [`batch_in`], [`store`]).
 pub async fn batch(
     pool: &MySqlPool,
     spec: WindowSpec,
@@ -109,54 +115,75 @@ pub async fn batch(
     scope: &Scope,
     full: bool,
 ) -> anyhow::Result<(Batch, BatchMode)> {
-    if *scope != Scope::default() {
-        return Ok((
-            batch::compute(pool, spec, group, scope).await?,
-            BatchMode::Full,
-        ));
+    let lock = if *scope == Scope::default() {
+        Lock::try_acquire(pool, group).await?
+    } else {
+        None
+    };
+    let result = async {
+        let mut snapshot = Snapshot::begin(pool).await?;
+        let (b, mode, update) =
+            batch_in(snapshot.conn(), spec, group, scope, full, lock.as_ref()).await?;
+        snapshot.end().await?;
+        if let (Some(lock), Some(update)) = (&lock, update) {
+            store(pool, spec, lock, update).await?;
+        }
+        anyhow::Ok((b, mode))
     }
-    // The lock lives on a connection of its own, outside the pool the work uses (a pool of one
-    // would otherwise wait on itself).
-    let mut lock = MySqlConnection::connect_with(&pool.connect_options()).await?;
-    let (locked, holder): (Option<i64>, i64) = sqlx::query_as(&format!(
-        "SELECT GET_LOCK({LOCK_NAME_SQL}, 0), CAST(CONNECTION_ID() AS SIGNED)"
-    ))
-    .bind(group)
-    .fetch_one(&mut lock)
-    .await?;
-    if locked != Some(1) {
-        tracing::info!(
-            "another compare is updating the stored batch side: computing this run's directly"
-        );
-        return Ok((
-            batch::compute(pool, spec, group, scope).await?,
-            BatchMode::Full,
-        ));
+    .await;
+    if let Some(lock) = lock {
+        lock.release().await;
     }
-    let held = Held { group, holder };
-    let result = locked_batch(pool, spec, held, full).await;
-    let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({LOCK_NAME_SQL})"))
-        .bind(group)
-        .execute(&mut lock)
-        .await;
-    let _ = lock.close().await;
     result
 }
 
-/// The advisory lock of `group`, held by connection `holder`.
-#[derive(Debug, Clone, Copy)]
-struct Held<'a> {
-    group: &'a str,
+/// The advisory lock over a group's stored batch side, held by a connection of its own (outside
+/// the pool the work uses: a pool of one would otherwise wait on itself).
+#[derive(Debug)]
+pub struct Lock {
+    conn: MySqlConnection,
+    group: String,
     holder: i64,
 }
 
-impl Held<'_> {
+impl Lock {
+    /// The lock of `group` if no other run holds it (`None`: this run computes directly).
+    pub async fn try_acquire(pool: &MySqlPool, group: &str) -> anyhow::Result<Option<Lock>> {
+        let mut conn = MySqlConnection::connect_with(&pool.connect_options()).await?;
+        let (locked, holder): (Option<i64>, i64) = sqlx::query_as(&format!(
+            "SELECT GET_LOCK({LOCK_NAME_SQL}, 0), CAST(CONNECTION_ID() AS SIGNED)"
+        ))
+        .bind(group)
+        .fetch_one(&mut conn)
+        .await?;
+        if locked != Some(1) {
+            tracing::info!(
+                "another compare is updating the stored batch side: computing this run's directly"
+            );
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        Ok(Some(Lock {
+            conn,
+            group: group.to_owned(),
+            holder,
+        }))
+    }
+
+    pub async fn release(mut self) {
+        let _ = sqlx::query(&format!("SELECT RELEASE_LOCK({LOCK_NAME_SQL})"))
+            .bind(&self.group)
+            .execute(&mut self.conn)
+            .await;
+        let _ = self.conn.close().await;
+    }
+
     /// Fails unless the lock is still held (its connection may have dropped meanwhile).
     async fn check(&self, conn: &mut MySqlConnection) -> anyhow::Result<()> {
         let holder: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT CAST(IS_USED_LOCK({LOCK_NAME_SQL}) AS SIGNED)"
         ))
-        .bind(self.group)
+        .bind(&self.group)
         .fetch_one(&mut *conn)
         .await?;
         anyhow::ensure!(
@@ -167,19 +194,37 @@ impl Held<'_> {
     }
 }
 
-async fn locked_batch(
-    pool: &MySqlPool,
+/// What a run stores once its snapshot is read: the windows it recomputed over `ranges` (every
+/// window when `None`), its mark, and which marks to drop.
+#[derive(Debug)]
+pub struct Update {
+    ranges: Option<Vec<Scope>>,
+    windows: BTreeMap<Key, Agg>,
+    mark: Mark,
+    prune: Option<NaiveDateTime>,
+}
+
+/// The batch side of `scope`, every read in the snapshot `conn` (begun after `lock` was taken,
+/// so that it sees what the previous run stored). With the lock and no narrowing it is
+/// incremental and says what to [`store`]; otherwise it is computed directly.
+pub async fn batch_in(
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
-    held: Held<'_>,
+    group: &str,
+    scope: &Scope,
     full: bool,
-) -> anyhow::Result<(Batch, BatchMode)> {
-    let group = held.group;
+    lock: Option<&Lock>,
+) -> anyhow::Result<(Batch, BatchMode, Option<Update>)> {
+    if *scope != Scope::default() || lock.is_none() {
+        let b = batch::compute(conn, spec, group, scope).await?;
+        return Ok((b, BatchMode::Full, None));
+    }
     let started = Instant::now();
-    // Read before anything is computed: rows committed meanwhile are above it, read next time.
-    let (now, min_raw) = high_water(pool).await?;
-    let marks = marks(pool, spec, group).await?;
+    // Read first: rows committed after the snapshot are above it, read next time.
+    let (now, min_raw) = high_water(conn).await?;
+    let marks = marks(conn, spec, group).await?;
     let consistent = match marks.first() {
-        Some(last) => consistent(pool, last, &now).await?,
+        Some(last) => consistent(conn, last, &now).await?,
         None => false,
     };
     let margin = chrono::Duration::from_std(REREAD_MARGIN)?;
@@ -194,61 +239,119 @@ async fn locked_batch(
     let most_new =
         (now.raw_id - marks.first().map_or(0, |m| m.raw_id)) > (now.raw_id - min_raw) / 2;
     if full || !consistent || most_new {
-        let b = batch::compute(pool, spec, group, &Scope::default()).await?;
-        replace_all(pool, spec, held, &b.windows, &now, prune).await?;
-        return Ok((b, BatchMode::Full));
+        let b = batch::compute(conn, spec, group, &Scope::default()).await?;
+        let update = Update {
+            ranges: None,
+            windows: b.windows.clone(),
+            mark: now,
+            prune,
+        };
+        return Ok((b, BatchMode::Full, Some(update)));
     }
-    let dirty = dirty_buckets(pool, spec, group, reread_from(&marks, margin)).await?;
+    let dirty = dirty_buckets(conn, spec, group, reread_from(&marks, margin)).await?;
     let ranges = batch::dirty_ranges(spec, &Scope::default(), &dirty);
-    let mut recomputed = Vec::with_capacity(ranges.len());
+    // The last run's windows, as stored (visible to this snapshot: stored under the lock).
+    let mut windows = stored(conn, spec, group).await?;
+    let mut recomputed = BTreeMap::new();
     let mut raw_rows = 0;
-    for range in ranges {
-        let b = batch::compute(pool, spec, group, &range).await?;
+    for range in &ranges {
+        let b = batch::compute(conn, spec, group, range).await?;
         raw_rows += b.raw_rows;
-        recomputed.push((range, b.windows));
+        recomputed.extend(b.windows);
     }
-    let n: usize = recomputed.iter().map(|(_, w)| w.len()).sum();
-    replace_ranges(pool, spec, held, &recomputed, &now, prune).await?;
-    let windows = stored(pool, spec, group).await?;
-    let stored = windows.len() - n.min(windows.len());
+    for range in &ranges {
+        for key in keys_in(&windows, range) {
+            windows.remove(&key);
+        }
+    }
+    let n = recomputed.len();
+    windows.extend(recomputed.iter().map(|(k, a)| (k.clone(), *a)));
+    let mode = BatchMode::Incremental {
+        recomputed: n,
+        stored: windows.len() - n.min(windows.len()),
+    };
     let b = Batch {
         windows,
         seconds: started.elapsed().as_secs_f64(),
         raw_rows,
     };
-    Ok((
-        b,
-        BatchMode::Incremental {
-            recomputed: n,
-            stored,
-        },
-    ))
+    let update = Update {
+        ranges: Some(ranges),
+        windows: recomputed,
+        mark: now,
+        prune,
+    };
+    Ok((b, mode, Some(update)))
+}
+
+/// The keys of `windows` in a recomputed range (one pair, `[since, until)`).
+fn keys_in(windows: &BTreeMap<Key, Agg>, range: &Scope) -> Vec<Key> {
+    let (Some(pair), Some(since), Some(until)) = (range.pair, range.since, range.until) else {
+        return Vec::new();
+    };
+    let (b, q) = (pair.base.to_string(), pair.quote.to_string());
+    let from = (b.clone(), q.clone(), since.timestamp_micros());
+    let to = (b, q, until.timestamp_micros());
+    windows.range(from..to).map(|(k, _)| k.clone()).collect()
+}
+
+/// Stores what [`batch_in`] computed, if `lock` is still held: the recomputed windows replace
+/// those of their ranges (or all), and the mark is added, in one transaction.
+pub async fn store(
+    pool: &MySqlPool,
+    spec: WindowSpec,
+    lock: &Lock,
+    update: Update,
+) -> anyhow::Result<()> {
+    let group = lock.group.as_str();
+    let mut conn: PoolConnection<MySql> = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    match &update.ranges {
+        None => {
+            sqlx::query(
+                "DELETE FROM compare_batch_windows WHERE consumer_group = ? AND window_us = ? AND slide_us = ?",
+            )
+            .bind(group)
+            .bind(spec.size_us)
+            .bind(spec.slide_us)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Some(ranges) => delete_ranges(&mut tx, spec, group, ranges).await?,
+    }
+    let all: Vec<_> = update.windows.iter().collect();
+    insert(&mut tx, spec, group, &all).await?;
+    add_mark(&mut tx, spec, group, &update.mark, update.prune).await?;
+    lock.check(&mut tx).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Whether the stored windows and marks are of the rows there now: the ids have not gone
 /// backwards and the rows at the last mark's ids are the ones it saw.
-async fn consistent(pool: &MySqlPool, last: &Mark, now: &Mark) -> anyhow::Result<bool> {
+async fn consistent(conn: &mut MySqlConnection, last: &Mark, now: &Mark) -> anyhow::Result<bool> {
     if last.raw_id > now.raw_id || last.late_id > now.late_id {
         return Ok(false);
     }
-    let (raw_fp, late_fp) = fingerprints(pool, last.ids()).await?;
+    let (raw_fp, late_fp) = fingerprints(conn, last.ids()).await?;
     Ok(raw_fp == last.raw_fp && late_fp == last.late_fp)
 }
 
-/// The mark now, and the lowest raw id (how many rows there are, near enough).
-async fn high_water(pool: &MySqlPool) -> anyhow::Result<(Mark, i64)> {
+/// The mark now (the snapshot's: its ids, and the database's clock as it began), and the lowest
+/// raw id (how many rows there are, near enough).
+async fn high_water(conn: &mut MySqlConnection) -> anyhow::Result<(Mark, i64)> {
     let (raw, late, min_raw, taken_at): (Option<i64>, Option<i64>, Option<i64>, NaiveDateTime) =
         sqlx::query_as(
             "SELECT (SELECT MAX(id) FROM raw_coin_data), (SELECT MAX(id) FROM late_events), \
                     (SELECT MIN(id) FROM raw_coin_data), UTC_TIMESTAMP(6)",
         )
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let ids = Ids {
         raw: raw.unwrap_or(0),
         late: late.unwrap_or(0),
     };
-    let (raw_fp, late_fp) = fingerprints(pool, ids).await?;
+    let (raw_fp, late_fp) = fingerprints(conn, ids).await?;
     let mark = Mark {
         taken_at,
         raw_id: ids.raw,
@@ -261,7 +364,7 @@ async fn high_water(pool: &MySqlPool) -> anyhow::Result<(Mark, i64)> {
 
 /// What the rows at these ids are (hashed): a table emptied and refilled has other rows there.
 async fn fingerprints(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     ids: Ids,
 ) -> anyhow::Result<(Option<String>, Option<String>)> {
     let fp: (Option<String>, Option<String>) = sqlx::query_as(
@@ -272,13 +375,17 @@ async fn fingerprints(
     )
     .bind(ids.raw)
     .bind(ids.late)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(fp)
 }
 
 /// The group's marks for the spec, newest first (a few: older ones are pruned).
-async fn marks(pool: &MySqlPool, spec: WindowSpec, group: &str) -> anyhow::Result<Vec<Mark>> {
+async fn marks(
+    conn: &mut MySqlConnection,
+    spec: WindowSpec,
+    group: &str,
+) -> anyhow::Result<Vec<Mark>> {
     Ok(sqlx::query_as(
         "SELECT taken_at, raw_id, late_id, raw_fp, late_fp FROM compare_batch_marks \
          WHERE consumer_group = ? AND window_us = ? AND slide_us = ? ORDER BY taken_at DESC",
@@ -286,14 +393,14 @@ async fn marks(pool: &MySqlPool, spec: WindowSpec, group: &str) -> anyhow::Resul
     .bind(group)
     .bind(spec.size_us)
     .bind(spec.slide_us)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?)
 }
 
 /// Slide buckets of the raw rows and the group's late events above `from`: one range scan of
 /// each primary key.
 async fn dirty_buckets(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
     group: &str,
     from: Ids,
@@ -303,7 +410,7 @@ async fn dirty_buckets(
         "SELECT DISTINCT asset_id_base, asset_id_quote, {bucket} FROM raw_coin_data r WHERE id > ?"
     ))
     .bind(from.raw)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let late: Vec<Key> = sqlx::query_as(&format!(
         "SELECT DISTINCT asset_id_base, asset_id_quote, {bucket} FROM late_events r \
@@ -311,14 +418,14 @@ async fn dirty_buckets(
     ))
     .bind(from.late)
     .bind(group)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     Ok(raw.into_iter().chain(late).collect())
 }
 
 /// The stored windows of the group and spec.
 async fn stored(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
     group: &str,
 ) -> anyhow::Result<BTreeMap<Key, Agg>> {
@@ -329,7 +436,7 @@ async fn stored(
     .bind(group)
     .bind(spec.size_us)
     .bind(spec.slide_us)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()
@@ -346,47 +453,14 @@ async fn stored(
         .collect())
 }
 
-/// Replaces every stored window of the group and spec, and adds the mark `now`.
-async fn replace_all(
-    pool: &MySqlPool,
+/// Deletes the stored windows of each recomputed range.
+async fn delete_ranges(
+    conn: &mut MySqlConnection,
     spec: WindowSpec,
-    held: Held<'_>,
-    windows: &BTreeMap<Key, Agg>,
-    now: &Mark,
-    prune: Option<NaiveDateTime>,
+    group: &str,
+    ranges: &[Scope],
 ) -> anyhow::Result<()> {
-    let group = held.group;
-    let mut conn: PoolConnection<MySql> = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query(
-        "DELETE FROM compare_batch_windows WHERE consumer_group = ? AND window_us = ? AND slide_us = ?",
-    )
-    .bind(group)
-    .bind(spec.size_us)
-    .bind(spec.slide_us)
-    .execute(&mut *tx)
-    .await?;
-    let all: Vec<_> = windows.iter().collect();
-    insert(&mut tx, spec, group, &all).await?;
-    add_mark(&mut tx, spec, group, now, prune).await?;
-    held.check(&mut tx).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Replaces the stored windows of each recomputed range, and adds the mark `now`.
-async fn replace_ranges(
-    pool: &MySqlPool,
-    spec: WindowSpec,
-    held: Held<'_>,
-    recomputed: &[(Scope, BTreeMap<Key, Agg>)],
-    now: &Mark,
-    prune: Option<NaiveDateTime>,
-) -> anyhow::Result<()> {
-    let group = held.group;
-    let mut conn = pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    for (range, windows) in recomputed {
+    for range in ranges {
         let (Some(pair), Some(since), Some(until)) = (range.pair, range.since, range.until) else {
             anyhow::bail!("a recomputed range without pair and bounds: {range:?}");
         };
@@ -401,14 +475,9 @@ async fn replace_ranges(
         .bind(pair.quote.as_str())
         .bind(since.timestamp_micros())
         .bind(until.timestamp_micros())
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-        let rows: Vec<_> = windows.iter().collect();
-        insert(&mut tx, spec, group, &rows).await?;
     }
-    add_mark(&mut tx, spec, group, now, prune).await?;
-    held.check(&mut tx).await?;
-    tx.commit().await?;
     Ok(())
 }
 

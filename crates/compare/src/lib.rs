@@ -1,6 +1,13 @@
 //! compare: recomputes the stream aggregator's windows in batch from `raw_coin_data` and reports
 //! stream vs batch: accuracy window by window, latency, throughput and resource use. Every run is
 //! stored in `comparison_runs`. `compare serve` shows the same live in a browser ([`serve`]).
+//!
+//! Under a live pipeline: both sides, the late events, the update counts and the consumers'
+//! offsets are read in one consistent snapshot ([`queries::Snapshot`]), and the windows the
+//! pipeline has not settled yet (the raw consumer behind the aggregator, or the other way round)
+//! are *pending*, not failures ([`settle`] has the rule). A final window whose
+//! `coin_update_count` row is missing or not final yet is pending too while its stream row is
+//! younger than [`COUNT_GRACE_US`] (the update counter follows the aggregator's topic).
 
 pub mod accuracy;
 pub mod batch;
@@ -8,6 +15,7 @@ pub mod incremental;
 pub mod queries;
 pub mod report;
 pub mod serve;
+pub mod settle;
 pub mod view;
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
@@ -21,12 +29,17 @@ use common::{
 };
 
 use crate::{
-    accuracy::{compare, Agg, Key, StreamWindow},
+    accuracy::{compare, Agg, Key, Status, StreamWindow},
     batch::{Batch, Scope},
     incremental::BatchMode,
-    queries::ServiceFigures,
+    queries::{CountCheck, ServiceFigures, Snapshot},
     report::Report,
+    settle::Settlement,
 };
+
+/// How long a final window may wait for its `coin_update_count` row (or its finality) before
+/// that is a mismatch (µs, by the database's clock).
+pub const COUNT_GRACE_US: i64 = 30_000_000;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,6 +119,9 @@ pub struct SourceArgs {
     /// Only windows starting before this time (RFC 3339, UTC).
     #[arg(long = "until", value_name = "TIME", value_parser = parse_instant)]
     pub until: Option<DateTime<Utc>>,
+    /// The raw consumer's group: its stored offsets say which windows are settled (pending).
+    #[arg(long = "raw-group", env = "RAW_CONSUMER_GROUP", value_name = "RAW_CONSUMER_GROUP", default_value = "raw-consumer", value_parser = non_empty)]
+    pub raw_group: String,
 }
 
 impl SourceArgs {
@@ -118,11 +134,14 @@ impl SourceArgs {
     }
 
     /// The window spec: configured, or recorded by the aggregator group (`None`: neither yet).
-    pub async fn spec(&self, pool: &sqlx::MySqlPool) -> anyhow::Result<Option<WindowSpec>> {
+    pub async fn spec(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+    ) -> anyhow::Result<Option<WindowSpec>> {
         if let Some(w) = self.window {
             return Ok(Some(WindowSpec::from_settings(w, self.slide)?));
         }
-        queries::recorded_spec(pool, &self.group).await
+        queries::recorded_spec(conn, &self.group).await
     }
 }
 
@@ -169,27 +188,45 @@ pub struct Sides<'a> {
     pub spec: WindowSpec,
     pub stream: &'a BTreeMap<Key, StreamWindow>,
     pub batch: &'a Batch,
-    pub counts: &'a BTreeMap<Key, (i64, bool)>,
+    pub counts: &'a BTreeMap<Key, CountCheck>,
+    pub settlement: &'a Settlement,
     pub services: Vec<ServiceFigures>,
     pub batch_latency_ms: Option<[f64; 4]>,
 }
 
-/// The report from both sides (pure).
-pub fn assemble(s: Sides<'_>) -> Report {
-    let accuracy = compare(s.stream, &s.batch.windows);
-    let mut checked = 0;
-    let mut count_mismatches = 0;
-    for (k, w) in s.stream {
-        if !w.is_final {
+/// `coin_update_count` against the batch counts of the final windows: (checked, mismatches,
+/// pending). Windows not settled are not checked; a missing or not yet final counter row is
+/// pending while its stream row is younger than [`COUNT_GRACE_US`].
+fn count_check(s: &Sides<'_>) -> (usize, usize, usize) {
+    let (mut checked, mut mismatches, mut pending) = (0, 0, 0);
+    for (k, c) in s.counts {
+        let Some(b) = s.batch.windows.get(k) else {
+            continue;
+        };
+        let end = k.2 + s.spec.size_us;
+        if s.settlement.pending(k, end, Status::Differs).is_some() {
             continue;
         }
-        if let Some(b) = s.batch.windows.get(k) {
-            checked += 1;
-            if s.counts.get(k) != Some(&(b.count, true)) {
-                count_mismatches += 1;
+        match c.counter {
+            Some((n, true)) if n == b.count => checked += 1,
+            Some((_, true)) => {
+                checked += 1;
+                mismatches += 1;
+            }
+            _ if c.age_us < COUNT_GRACE_US => pending += 1,
+            _ => {
+                checked += 1;
+                mismatches += 1;
             }
         }
     }
+    (checked, mismatches, pending)
+}
+
+/// The report from both sides (pure).
+pub fn assemble(s: Sides<'_>) -> Report {
+    let accuracy = compare(s.stream, &s.batch.windows, s.spec.size_us, s.settlement);
+    let (checked, count_mismatches, count_pending) = count_check(&s);
     let latency = s
         .services
         .iter()
@@ -205,6 +242,8 @@ pub fn assemble(s: Sides<'_>) -> Report {
         accuracy,
         update_count_mismatches: count_mismatches,
         update_count_checked: checked,
+        update_count_pending: count_pending,
+        settlement: s.settlement.info.clone(),
         batch_seconds: s.batch.seconds,
         batch_mode: BatchMode::Full,
         raw_rows: s.batch.raw_rows,
@@ -219,18 +258,35 @@ pub fn assemble(s: Sides<'_>) -> Report {
         batch_latency_ms: s.batch_latency_ms,
         latency_histogram: latency.map(|l| l.histogram_ms).unwrap_or_default(),
         services: s.services,
-        windows: view::by_pair(s.spec.size_us, s.stream, batch_windows),
+        windows: view::by_pair(s.spec.size_us, s.stream, batch_windows, s.settlement),
     }
 }
 
-/// Builds the report of a scope from the database.
-/// The batch side is incremental where it can be ([`incremental`]); `full` recomputes everything.
+/// The settlement of both sides read in the snapshot `conn`: the groups' offsets, then the
+/// windows that would fail checked for raw rows the aggregator has not read.
+pub async fn settlement(
+    conn: &mut sqlx::MySqlConnection,
+    source: &SourceArgs,
+    spec: WindowSpec,
+    (stream, batch): (&BTreeMap<Key, StreamWindow>, &BTreeMap<Key, Agg>),
+) -> anyhow::Result<Settlement> {
+    let mut settlement = settle::read(conn, &source.raw_group, &source.group).await?;
+    if settlement.aggregator_behind() {
+        let candidates = accuracy::failing(stream, batch, spec.size_us, &settlement);
+        settle::check_unread(conn, spec, &mut settlement, candidates).await?;
+    }
+    Ok(settlement)
+}
+
+/// Builds the report of a scope from the database: everything it judges by is read in one
+/// consistent snapshot. The batch side is incremental where it can be ([`incremental`]); `full`
+/// recomputes everything.
 pub async fn build_report(
     pool: &sqlx::MySqlPool,
     source: &SourceArgs,
     full: bool,
 ) -> anyhow::Result<Report> {
-    let Some(spec) = source.spec(pool).await? else {
+    let Some(spec) = source.spec(&mut *pool.acquire().await?).await? else {
         return Err(ConfigError::new(
             "AGGREGATOR_GROUP",
             format!(
@@ -241,11 +297,40 @@ pub async fn build_report(
         .into());
     };
     let scope = source.scope();
-    let (batch, batch_mode) = incremental::batch(pool, spec, &source.group, &scope, full).await?;
-    let stream = queries::stream(pool, &scope).await?;
-    let counts = queries::update_counts(pool, &scope).await?;
-    let services = queries::services(pool).await?;
-    let batch_latency_ms = queries::batch_latency(pool, batch.seconds).await?;
+    let lock = if scope == Scope::default() {
+        incremental::Lock::try_acquire(pool, &source.group).await?
+    } else {
+        None
+    };
+    let report = read_report(pool, source, spec, full, lock.as_ref()).await;
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+    report
+}
+
+/// [`build_report`] once the lock (if any) is held: the snapshot, then what the batch side stores.
+async fn read_report(
+    pool: &sqlx::MySqlPool,
+    source: &SourceArgs,
+    spec: WindowSpec,
+    full: bool,
+    lock: Option<&incremental::Lock>,
+) -> anyhow::Result<Report> {
+    let scope = source.scope();
+    let mut snap = Snapshot::begin(pool).await?;
+    let conn = snap.conn();
+    let (batch, batch_mode, update) =
+        incremental::batch_in(conn, spec, &source.group, &scope, full, lock).await?;
+    let stream = queries::stream(conn, &scope).await?;
+    let counts = queries::update_counts(conn, &scope).await?;
+    let settlement = settlement(conn, source, spec, (&stream, &batch.windows)).await?;
+    let services = queries::services(conn).await?;
+    let batch_latency_ms = queries::batch_latency(conn, batch.seconds).await?;
+    snap.end().await?;
+    if let (Some(lock), Some(update)) = (lock, update) {
+        incremental::store(pool, spec, lock, update).await?;
+    }
     Ok(Report {
         batch_mode,
         ..assemble(Sides {
@@ -254,6 +339,7 @@ pub async fn build_report(
             stream: &stream,
             batch: &batch,
             counts: &counts,
+            settlement: &settlement,
             services,
             batch_latency_ms,
         })
@@ -314,8 +400,9 @@ pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()>
     let passed = report.accuracy.passed && report.update_count_mismatches == 0;
     if out.fail_on_mismatch && report.accuracy.compared_nothing() {
         anyhow::bail!(
-            "accuracy check failed: nothing was compared ({} batch windows, none matched a stream window): is --group {:?} the aggregator's group, and has it written?",
+            "accuracy check failed: nothing was compared ({} batch windows, none matched a stream window; {} pending): is --group {:?} the aggregator's group, and has it written?",
             report.accuracy.windows_compared,
+            report.accuracy.pending,
             settings.source.group
         );
     }

@@ -1,24 +1,85 @@
 //! Reading from MySQL what compare sets beside the batch side ([`crate::batch`]): the stream
-//! results, the update counts, the services' statistics, and the batch-side latency.
+//! results, the update counts, the services' statistics, and the batch-side latency; and the
+//! [`Snapshot`] every read of one verdict goes through.
 
 use std::collections::BTreeMap;
 
 use chrono::NaiveDateTime;
 use common::{stats::Details, window::WindowSpec};
 use serde::Serialize;
-use sqlx::MySqlPool;
+use sqlx::{pool::PoolConnection, Executor, MySql, MySqlConnection, MySqlPool};
 
 use crate::{
     accuracy::{Agg, Key, StreamWindow},
     batch::{us, Scope},
 };
 
+/// One consistent view of the database: a read-only transaction started `WITH CONSISTENT
+/// SNAPSHOT` (repeatable read, both MySQL 8 and MariaDB), on one connection: every query on it
+/// sees the rows committed when it began, and none committed after. Both sides of a verdict, the
+/// late events and the consumers' offsets are read in one, so a consumer committing between two
+/// reads cannot make them disagree. A snapshot not ended (an error on the way) closes its
+/// connection rather than return it to the pool inside the transaction.
+#[derive(Debug)]
+pub struct Snapshot {
+    conn: PoolConnection<MySql>,
+    open: bool,
+}
+
+impl Snapshot {
+    pub async fn begin(pool: &MySqlPool) -> anyhow::Result<Self> {
+        let mut s = Snapshot {
+            conn: pool.acquire().await?,
+            open: true,
+        };
+        s.conn
+            .execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await?;
+        s.conn
+            .execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await?;
+        Ok(s)
+    }
+
+    pub fn conn(&mut self) -> &mut MySqlConnection {
+        &mut self.conn
+    }
+
+    /// Ends the transaction; the connection goes back to the pool.
+    pub async fn end(mut self) -> anyhow::Result<()> {
+        self.conn.execute("COMMIT").await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if self.open {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// The database's clock now, µs since the epoch (what `updated_at` and the marks are written by).
+pub async fn db_now_us(conn: &mut MySqlConnection) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT CAST({} AS SIGNED)",
+        us("UTC_TIMESTAMP(6)")
+    ))
+    .fetch_one(conn)
+    .await?)
+}
+
 /// The spec the aggregator group recorded, if any (checked like a configured one).
-pub async fn recorded_spec(pool: &MySqlPool, group: &str) -> anyhow::Result<Option<WindowSpec>> {
+pub async fn recorded_spec(
+    conn: &mut MySqlConnection,
+    group: &str,
+) -> anyhow::Result<Option<WindowSpec>> {
     let row: Option<(i64, i64)> =
         sqlx::query_as("SELECT window_us, slide_us FROM stream_agg_spec WHERE consumer_group = ?")
             .bind(group)
-            .fetch_optional(pool)
+            .fetch_optional(conn)
             .await?;
     Ok(row
         .map(|(window_us, slide_us)| WindowSpec::checked(window_us, slide_us))
@@ -55,23 +116,26 @@ pub fn stream_window((b, q, s, n, sum, min, max, avg, is_final): StreamRow) -> (
     )
 }
 
-/// `WHERE` conditions on a window table's pair and `start_time` for `scope` (values bound).
-fn window_conditions(scope: &Scope) -> (String, Vec<String>, Vec<NaiveDateTime>) {
+/// `WHERE` conditions on a window table's pair and `start_time` (columns prefixed with `t`) for
+/// `scope` (values bound).
+fn window_conditions(scope: &Scope, t: &str) -> (String, Vec<String>, Vec<NaiveDateTime>) {
     let mut sql = String::from(" WHERE TRUE");
     let mut texts = Vec::new();
     let mut times = Vec::new();
     if let Some(p) = scope.pair {
-        sql.push_str(" AND asset_id_base = ? AND asset_id_quote = ?");
+        sql.push_str(&format!(
+            " AND {t}asset_id_base = ? AND {t}asset_id_quote = ?"
+        ));
         texts.push(p.base.to_string());
         texts.push(p.quote.to_string());
     }
-    if let Some(t) = scope.since {
-        sql.push_str(" AND start_time >= ?");
-        times.push(t.naive_utc());
+    if let Some(s) = scope.since {
+        sql.push_str(&format!(" AND {t}start_time >= ?"));
+        times.push(s.naive_utc());
     }
-    if let Some(t) = scope.until {
-        sql.push_str(" AND start_time < ?");
-        times.push(t.naive_utc());
+    if let Some(u) = scope.until {
+        sql.push_str(&format!(" AND {t}start_time < ?"));
+        times.push(u.naive_utc());
     }
     (sql, texts, times)
 }
@@ -93,38 +157,53 @@ fn bind_window<'q, O>(
 
 /// The `stream_agg` rows of a scope.
 pub async fn stream(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     scope: &Scope,
 ) -> anyhow::Result<BTreeMap<Key, StreamWindow>> {
-    let (conditions, texts, times) = window_conditions(scope);
+    let (conditions, texts, times) = window_conditions(scope, "");
     let sql = format!("SELECT {} FROM stream_agg{conditions}", stream_columns());
     let q = bind_window(sqlx::query_as::<_, StreamRow>(&sql), &texts, &times);
-    Ok(q.fetch_all(pool)
+    Ok(q.fetch_all(conn)
         .await?
         .into_iter()
         .map(stream_window)
         .collect())
 }
 
-/// `coin_update_count` rows of a scope: count and finality per window.
+/// A final stream window against its `coin_update_count` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountCheck {
+    /// The counter's count and finality (`None`: no row yet).
+    pub counter: Option<(i64, bool)>,
+    /// How long ago the stream row was written, by the database's clock (µs).
+    pub age_us: i64,
+}
+
+/// The final `stream_agg` windows of a scope with their `coin_update_count` rows.
 pub async fn update_counts(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     scope: &Scope,
-) -> anyhow::Result<BTreeMap<Key, (i64, bool)>> {
-    let (conditions, texts, times) = window_conditions(scope);
+) -> anyhow::Result<BTreeMap<Key, CountCheck>> {
+    let (conditions, texts, times) = window_conditions(scope, "s.");
     let sql = format!(
-        "SELECT asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, is_final FROM coin_update_count{conditions}",
-        us("start_time")
+        "SELECT s.asset_id_base, s.asset_id_quote, CAST({} AS SIGNED), c.update_count, c.is_final, \
+                CAST({} - {} AS SIGNED) \
+         FROM stream_agg s LEFT JOIN coin_update_count c ON c.asset_id_base = s.asset_id_base \
+              AND c.asset_id_quote = s.asset_id_quote AND c.start_time = s.start_time AND c.end_time = s.end_time\
+         {conditions} AND s.is_final",
+        us("s.start_time"),
+        us("UTC_TIMESTAMP(6)"),
+        us("s.updated_at"),
     );
-    let q = bind_window(
-        sqlx::query_as::<_, (String, String, i64, i64, bool)>(&sql),
-        &texts,
-        &times,
-    );
-    Ok(q.fetch_all(pool)
+    type Row = (String, String, i64, Option<i64>, Option<bool>, i64);
+    let q = bind_window(sqlx::query_as::<_, Row>(&sql), &texts, &times);
+    Ok(q.fetch_all(conn)
         .await?
         .into_iter()
-        .map(|(b, q, s, n, f)| ((b, q, s), (n, f)))
+        .map(|(b, q, s, n, f, age_us)| {
+            let counter = n.map(|n| (n, f.unwrap_or(false)));
+            ((b, q, s), CountCheck { counter, age_us })
+        })
         .collect())
 }
 
@@ -146,7 +225,7 @@ pub struct ServiceFigures {
 }
 
 /// Figures per service from `service_stats` (each instance's latest row).
-pub async fn services(pool: &MySqlPool) -> anyhow::Result<Vec<ServiceFigures>> {
+pub async fn services(conn: &mut MySqlConnection) -> anyhow::Result<Vec<ServiceFigures>> {
     let rows: Vec<StatsRow> = sqlx::query_as(&format!(
         "SELECT s.service, s.events_in, s.events_out, s.dead_letters, s.late_events, \
                 CAST({} - {} AS DOUBLE) / 1e6, s.cpu_seconds, s.peak_rss_bytes, s.details \
@@ -155,7 +234,7 @@ pub async fn services(pool: &MySqlPool) -> anyhow::Result<Vec<ServiceFigures>> {
         us("s.recorded_at"),
         us("s.started_at")
     ))
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let mut by: BTreeMap<String, ServiceFigures> = BTreeMap::new();
     for (service, ein, eout, dead, late, secs, cpu, rss, details) in rows {
@@ -189,12 +268,12 @@ pub async fn services(pool: &MySqlPool) -> anyhow::Result<Vec<ServiceFigures>> {
 /// inserted in the order they were received, near enough): four primary-key lookups, not a sort
 /// of the table.
 pub async fn batch_latency(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     query_seconds: f64,
 ) -> anyhow::Result<Option<[f64; 4]>> {
     let (lo, hi): (Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT MIN(id), MAX(id) FROM raw_coin_data")
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
     let (Some(lo), Some(hi)) = (lo, hi) else {
         return Ok(None);
@@ -210,7 +289,7 @@ pub async fn batch_latency(
         let id = lo + ((1.0 - q) * (hi - lo) as f64).round() as i64;
         let age_us: Option<f64> = sqlx::query_scalar(&sql)
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(&mut *conn)
             .await?;
         let Some(age_us) = age_us else {
             return Ok(None);

@@ -12,7 +12,7 @@ use common::window::WindowSpec;
 
 use crate::{
     accuracy::Accuracy, incremental::BatchMode, queries::ServiceFigures, serve::assets,
-    view::WindowView,
+    settle::SettlementInfo, view::WindowView,
 };
 
 /// Everything a run found.
@@ -25,6 +25,10 @@ pub struct Report {
     /// `coin_update_count` rows whose count differs from the batch count of a final window.
     pub update_count_mismatches: usize,
     pub update_count_checked: usize,
+    /// Final windows whose `coin_update_count` row has not caught up yet (within the grace).
+    pub update_count_pending: usize,
+    /// Which windows the pipeline had not settled (pending), and from what.
+    pub settlement: SettlementInfo,
     pub batch_seconds: f64,
     /// Every window recomputed, or only those over rows new since the last run.
     pub batch_mode: BatchMode,
@@ -56,6 +60,30 @@ fn window_text(us: i64) -> String {
 }
 
 impl Report {
+    /// What the pending count rests on: the partitions a consumer is behind on, or why pending
+    /// windows were not derived.
+    fn pending_text(&self) -> String {
+        let s = &self.settlement;
+        let mut parts: Vec<String> = s
+            .partitions
+            .iter()
+            .filter(|p| p.raw_next_offset != p.aggregator_next_offset)
+            .map(|p| {
+                format!(
+                    "partition {}: raw consumer at {}, aggregator at {}",
+                    p.partition, p.raw_next_offset, p.aggregator_next_offset
+                )
+            })
+            .collect();
+        if s.derived && parts.is_empty() {
+            parts.push("both consumers at the same offsets".into());
+        }
+        if let Some(note) = &s.note {
+            parts.push(note.clone());
+        }
+        format!("{} ({})", self.accuracy.pending, parts.join("; "))
+    }
+
     /// Rows of the summary: (figure, stream, batch).
     fn summary(&self) -> Vec<(String, String, String)> {
         let a = &self.accuracy;
@@ -93,11 +121,14 @@ impl Report {
             (
                 "coin_update_count mismatches".into(),
                 format!(
-                    "{} of {}",
-                    self.update_count_mismatches, self.update_count_checked
+                    "{} of {} ({} pending)",
+                    self.update_count_mismatches,
+                    self.update_count_checked,
+                    self.update_count_pending
                 ),
                 String::new(),
             ),
+            ("pending windows".into(), self.pending_text(), String::new()),
             (
                 "latency p50 / p95 / p99 / max".into(),
                 fmt_lat(&self.stream_latency_ms),

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::accuracy::{classify, latest_final, Agg, Key, Status, StreamWindow};
+use crate::{
+    accuracy::{classify_settled, latest_final, Agg, Key, Status, StreamWindow},
+    settle::Settlement,
+};
 
 /// One window of one pair, both sides.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -20,7 +23,7 @@ pub struct WindowView {
     pub is_final: bool,
     pub batch: Option<Agg>,
     pub status: Status,
-    /// What differs, when the status is a difference.
+    /// What differs, when the status is a difference (or why it is pending, when not settled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub what: Option<String>,
 }
@@ -29,11 +32,11 @@ pub struct WindowView {
 pub fn window(
     key: &Key,
     size_us: i64,
-    stream: Option<&StreamWindow>,
-    batch: Option<&Agg>,
+    (stream, batch): (Option<&StreamWindow>, Option<&Agg>),
     later_final: bool,
+    settlement: &Settlement,
 ) -> WindowView {
-    let (status, what) = classify(stream, batch, later_final);
+    let (status, what) = classify_settled(key, size_us, (stream, batch), later_final, settlement);
     WindowView {
         pair: format!("{}/{}", key.0, key.1),
         start_us: key.2,
@@ -51,6 +54,7 @@ pub fn by_pair(
     size_us: i64,
     stream: &BTreeMap<Key, StreamWindow>,
     batch: &BTreeMap<Key, Agg>,
+    settlement: &Settlement,
 ) -> BTreeMap<String, Vec<WindowView>> {
     let latest = latest_final(stream);
     let mut keys: Vec<&Key> = stream.keys().chain(batch.keys()).collect();
@@ -61,7 +65,8 @@ pub fn by_pair(
         let later_final = latest
             .get(&(k.0.as_str(), k.1.as_str()))
             .is_some_and(|s| *s > k.2);
-        let v = window(k, size_us, stream.get(k), batch.get(k), later_final);
+        let sides = (stream.get(k), batch.get(k));
+        let v = window(k, size_us, sides, later_final, settlement);
         out.entry(v.pair.clone()).or_default().push(v);
     }
     out
@@ -114,7 +119,7 @@ mod tests {
             (k(180), agg(2, 1.0)),
             (k(240), agg(1, 1.0)),
         ]);
-        let views = by_pair(60, &stream, &batch);
+        let views = by_pair(60, &stream, &batch, &Settlement::strict("raw", None));
         let got: Vec<(i64, Status)> = views["BTC/USD"]
             .iter()
             .map(|v| (v.start_us, v.status))

@@ -319,6 +319,7 @@ async fn check_raw_table(run: &Run<'_>) {
 async fn check_compare(run: &Run<'_>) {
     let out = Command::new(service_binary("compare"))
         .env("DATABASE_URL", run.db.database_url())
+        .env("RAW_CONSUMER_GROUP", run.kafka.group("raw"))
         .args([
             "--group",
             &run.kafka.group("agg"),

@@ -4,8 +4,9 @@
 //! The page loads without a console error (Chromium's own console log, read through ChromeDriver,
 //! and the page's error catcher) and draws a chart per pair; windows the running
 //! aggregator writes appear on the page within 2 s; a window made to differ from batch is marked;
-//! the pair selector shows one chart; the database going away is said on the page, which recovers
-//! by itself when it returns; so is the server going away, and the page reconnects to its
+//! the pair selector shows one chart; a malformed message's dead letters are listed on the
+//! pipeline panel (count not replayed, service, reason, error), and one replayed leaves the
+//! count; the database going away is said on the page, which recovers by itself when it returns; so is the server going away, and the page reconnects to its
 //! restart. The static HTML report draws the same charts. The test saves a screenshot
 //! (`target/dashboard.png`; `COINSTREAM_DASHBOARD_PNG=path` saves it there too, which is how
 //! `docs/dashboard.png` is made).
@@ -221,6 +222,7 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     serve
         // The dashboard needs nothing but SELECT: it runs on an account that may do nothing else.
         .env("DATABASE_URL", proxy.reader_database_url(&db))
+        .env("RAW_CONSUMER_GROUP", kafka.group("raw"))
         .args(["serve", "--group", &kafka.group("agg")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
@@ -253,6 +255,7 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     println!("row written → on the page: {delays:?}");
     check_a_difference_is_marked(&browser, &db, &pairs[1]).await;
     check_pair_selector(&browser, &pairs[2]).await;
+    check_dead_letters(&browser, &db, &kafka, &topics.0, &base).await;
     // Up to here nothing went wrong on purpose: the console holds no error at all.
     assert_eq!(
         browser.console_errors().await,
@@ -278,20 +281,37 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
     browser.close().await;
 }
 
-/// The account `compare serve` runs on here reads the tables and may not change them.
+/// The account `compare serve` runs on here reads the tables and may not change them: it reads
+/// a row written by the test, and its attempt to delete it is refused (the row stays).
 async fn check_reader_cannot_write(db: &TestDb) {
     use sqlx::{ConnectOptions, Connection};
+    let id = sqlx::query(
+        "INSERT INTO comparison_runs (run_at, consumer_group, window_us, slide_us, windows_compared, \
+         mismatches, missing, extra, open_windows, passed, batch_seconds, report) \
+         VALUES (UTC_TIMESTAMP(6), 'reader-check', 1, 1, 7, 0, 0, 0, 0, TRUE, 0, '{}')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap()
+    .last_insert_id();
     let options: sqlx::mysql::MySqlConnectOptions = db.reader_database_url().parse().unwrap();
     let mut reader = options
         .connect()
         .await
         .expect("the read-only account connects");
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM stream_agg")
-        .fetch_one(&mut reader)
-        .await
-        .expect("the read-only account reads");
-    assert!(rows >= 0);
-    let write = sqlx::query("DELETE FROM comparison_runs")
+    let read: Option<(String, i64)> =
+        sqlx::query_as("SELECT consumer_group, windows_compared FROM comparison_runs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut reader)
+            .await
+            .expect("the read-only account reads");
+    assert_eq!(
+        read,
+        Some(("reader-check".to_owned(), 7)),
+        "the reader sees the row"
+    );
+    let write = sqlx::query("DELETE FROM comparison_runs WHERE id = ?")
+        .bind(id)
         .execute(&mut reader)
         .await;
     let denied = write
@@ -305,6 +325,110 @@ async fn check_reader_cannot_write(db: &TestDb) {
         "a write as the reader is refused: {write:?}"
     );
     let _ = reader.close().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM comparison_runs WHERE id = ?")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 1, "the row the reader tried to delete is still there");
+    sqlx::query("DELETE FROM comparison_runs WHERE id = ?")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+/// Dead letters not replayed, by the database.
+async fn dead_letters_not_replayed(db: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Waits until the page's count of dead letters not replayed is the database's (at least
+/// `least`); returns it.
+async fn page_counts_dead_letters(browser: &Browser, db: &TestDb, least: i64) -> i64 {
+    let started = Instant::now();
+    loop {
+        let want = dead_letters_not_replayed(db).await;
+        let shown = browser
+            .eval("return document.getElementById('dead-letters-count').textContent;")
+            .await;
+        if want >= least && shown == json!(want.to_string()) {
+            return want;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the page shows {shown} dead letters, the database has {want} (at least {least})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A message that is not a rate update: the consumers keep it as a dead letter, and the pipeline
+/// panel lists it (service, reason, the error) with the count not replayed; one replayed leaves
+/// the count. `/api/pipeline` says the same.
+async fn check_dead_letters(
+    browser: &Browser,
+    db: &TestDb,
+    kafka: &TestKafka,
+    topic: &str,
+    base: &str,
+) {
+    kafka
+        .produce(
+            topic,
+            &[("BTC/USD".to_owned(), b"{\"time\": not json".to_vec())],
+        )
+        .await;
+    // The raw consumer's and the aggregator's (both read the topic).
+    let listed = "const rows = [...document.querySelectorAll('#dead-letters tbody tr')]; \
+                  const r = rows.find(r => r.dataset.service === 'raw-consumer'); \
+                  return !!r && rows.some(r => r.dataset.service === 'stream-aggregator') \
+                  && r.dataset.reason === 'malformed' && r.children[1].textContent === 'malformed' \
+                  && r.children[2].textContent.length > 0 \
+                  && !document.getElementById('dead-letters').classList.contains('hidden');";
+    assert!(
+        browser.until(listed, Duration::from_secs(20)).await,
+        "both consumers' dead letters are listed, with their reason and error"
+    );
+    let before = page_counts_dead_letters(browser, db, 2).await;
+    let api: Value = reqwest::get(format!("{base}/api/pipeline"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let d = &api["dead_letters"];
+    assert!(d["not_replayed"].as_i64() >= Some(before), "{d}");
+    assert!(
+        d["newest"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|l| l["service"] == "raw-consumer" && l["reason"] == "malformed")),
+        "{d}"
+    );
+    // A replay applied the raw consumer's: it is no longer counted or listed.
+    sqlx::query(
+        "UPDATE dead_letters SET replayed_at = UTC_TIMESTAMP(6) WHERE service = 'raw-consumer'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let after = page_counts_dead_letters(browser, db, 0).await;
+    assert!(
+        after < before,
+        "{after} not replayed after the replay, {before} before"
+    );
+    assert!(
+        browser
+            .until(
+                "return !document.querySelector('#dead-letters tr[data-service=\"raw-consumer\"]');",
+                Duration::from_secs(5),
+            )
+            .await,
+        "the replayed dead letter is no longer listed"
+    );
 }
 
 async fn wait_healthy(base: &str) {

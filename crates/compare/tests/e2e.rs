@@ -74,6 +74,7 @@ impl Pipeline<'_> {
             &self.kafka.bootstrap_servers,
         );
         c.args(["--group", &self.kafka.group("agg")])
+            .env("RAW_CONSUMER_GROUP", self.kafka.group("raw"))
             .args(extra)
             .output()
             .unwrap()
@@ -171,6 +172,19 @@ async fn check_tables_and_report(p: &Pipeline<'_>) {
         json["accuracy"]
     );
     assert_eq!(json["update_count_mismatches"], 0);
+    // Drained: both consumers at the same offsets on every partition, nothing pending.
+    let settlement = &json["settlement"];
+    assert_eq!(settlement["derived"], true, "{settlement}");
+    let partitions = settlement["partitions"].as_array().unwrap();
+    // (Offsets are stored for the partitions that received messages.)
+    assert!(!partitions.is_empty(), "{settlement}");
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p["raw_next_offset"] == p["aggregator_next_offset"]),
+        "{settlement}"
+    );
+    assert_eq!(json["accuracy"]["pending"], 0, "{}", json["accuracy"]);
     let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM comparison_runs WHERE passed")
         .fetch_one(&db.pool)
         .await

@@ -66,10 +66,15 @@ fn updates() -> Vec<(i64, i64, f64, i32, i64)> {
 }
 
 async fn full(db: &TestDb) -> BTreeMap<Key, Agg> {
-    batch::compute(&db.pool, spec(), GROUP, &Scope::default())
-        .await
-        .unwrap()
-        .windows
+    batch::compute(
+        &mut db.pool.acquire().await.unwrap(),
+        spec(),
+        GROUP,
+        &Scope::default(),
+    )
+    .await
+    .unwrap()
+    .windows
 }
 
 async fn run(db: &TestDb, force_full: bool) -> (BTreeMap<Key, Agg>, BatchMode) {

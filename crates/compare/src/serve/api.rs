@@ -2,10 +2,18 @@
 //! Query parameters are parsed and checked here: bad input gets 400 with a JSON error and never
 //! reaches SQL (and the API answers from memory anyway).
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
 
 use axum::{
-    extract::{Query, State},
+    extract::{ConnectInfo, Query, State},
     http::{header, StatusCode},
     response::{
         sse::{Event as SseEvent, KeepAlive, Sse},
@@ -14,13 +22,18 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use chrono::Utc;
 use common::model::{parse_time, Pair};
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
 
-use super::{assets, Event, Shared};
+use super::{assets, conn::Client, Event, Shared};
 use crate::{batch::Batch, queries, Sides};
+
+/// Events waiting for one client at most: beyond, it is cut.
+pub const CLIENT_QUEUE: usize = 64;
+/// A client with events waiting that takes none for this long is cut.
+pub const CLIENT_STALL: Duration = Duration::from_secs(5);
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -171,12 +184,14 @@ async fn windows(
     Json(json!({ "pair": pair.to_string(), "spec": live.spec, "windows": windows })).into_response()
 }
 
-/// The pipeline panel now.
+/// The pipeline panel now (by the database's clock, as last read plus the time since).
 async fn pipeline(State(s): State<Arc<Shared>>) -> Response {
-    let now_us = Utc::now().timestamp_micros();
+    let now_us = s.health().db_now_us();
     let mut state = s.state.write().await;
-    let panel = state.pipeline.panel(now_us);
-    Json(json!({ "now_us": now_us, "services": panel })).into_response()
+    let panel = now_us.map(|now| state.pipeline.panel(now));
+    let dead = state.pipeline.dead_letters.clone();
+    Json(json!({ "now_us": now_us, "services": panel.unwrap_or_default(), "dead_letters": dead }))
+        .into_response()
 }
 
 /// How long a built report is served again.
@@ -190,7 +205,7 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
             return json_body(body.clone());
         }
     }
-    let (spec, stream, batch, batch_seconds, raw_rows, scope, group) = {
+    let (spec, stream, batch, settlement, batch_seconds, raw_rows, scope, group) = {
         let state = s.state.read().await;
         let Some(live) = state.live.as_ref() else {
             return error(
@@ -202,6 +217,7 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
             live.spec,
             live.stream.clone(),
             live.batch.clone(),
+            live.settlement().clone(),
             state.batch_seconds,
             state.raw_rows,
             state.scope.clone(),
@@ -209,9 +225,12 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
         )
     };
     let figures = async {
-        let counts = queries::update_counts(&s.pool, &scope).await?;
-        let services = queries::services(&s.pool).await?;
-        let latency = queries::batch_latency(&s.pool, batch_seconds).await?;
+        let mut snap = queries::Snapshot::begin(&s.pool).await?;
+        let conn = snap.conn();
+        let counts = queries::update_counts(conn, &scope).await?;
+        let services = queries::services(conn).await?;
+        let latency = queries::batch_latency(conn, batch_seconds).await?;
+        snap.end().await?;
         anyhow::Ok((counts, services, latency))
     };
     let (counts, services, batch_latency_ms) = match figures.await {
@@ -234,6 +253,7 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
         stream: &stream,
         batch: &batch,
         counts: &counts,
+        settlement: &settlement,
         services,
         batch_latency_ms,
     });
@@ -242,25 +262,34 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
     json_body(body)
 }
 
+impl Shared {
+    /// The health as the poller left it (a plain mutex, held only to copy or update it).
+    pub fn health(&self) -> std::sync::MutexGuard<'_, super::Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 fn json_body(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// 200 while the database answers the poller; 503 with the reason otherwise.
+/// 200 while the database answers the poller; 503 with the reason otherwise. Answers from a
+/// plain mutex the poller updates: never waits on the state or the database.
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
-    let state = s.state.read().await;
-    let recent = state
-        .db
-        .last_ok_us
-        .is_some_and(|t| Utc::now().timestamp_micros() - t < 10_000_000);
-    if state.db.up && recent {
-        Json(json!({ "status": "ok", "waiting": state.waiting })).into_response()
+    let health = s.health().clone();
+    let recent = health
+        .last_ok
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+    if health.up && recent {
+        Json(json!({ "status": "ok" })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({
                 "status": "unhealthy",
-                "reason": state.db.error.clone().unwrap_or_else(|| "no successful read of the tables in 10 s".into()),
+                "reason": health.error.unwrap_or_else(|| "no successful read of the tables in 10 s".into()),
             })),
         )
             .into_response()
@@ -268,11 +297,22 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
 }
 
 /// Server-Sent Events: `status`, `summary` at once, then `windows`, `summary`, `pipeline`,
-/// `status` and `resync` (refetch everything: after a start, or when this stream fell behind)
-/// as they happen. The page's EventSource reconnects by itself.
+/// `status` and `resync` (refetch everything: after a start) as they happen. The page's
+/// EventSource reconnects by itself. At most `--max-clients` streams at once (503 beyond); a
+/// client that stops taking its events is cut ([`forward`]).
 async fn events(
     State(s): State<Arc<Shared>>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    ConnectInfo(client): ConnectInfo<Client>,
+) -> Response {
+    let Ok(permit) = s.clients.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many clients: this dashboard serves at most {} event streams at once (COMPARE_MAX_CLIENTS)",
+                s.settings.max_clients
+            ),
+        );
+    };
     let rx = s.events.subscribe();
     let first = {
         let state = s.state.read().await;
@@ -287,23 +327,61 @@ async fn events(
             },
         ]
     };
-    let live = futures::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(e) => Some((e, rx)),
-            // Fell behind: the page reloads its windows.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some((
-                Event {
-                    name: "resync",
-                    data: "{}".into(),
-                },
-                rx,
-            )),
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-        }
+    let (tx, queue) = mpsc::channel(CLIENT_QUEUE);
+    let taken = Arc::new(AtomicU64::new(0));
+    tokio::spawn(forward(rx, tx, taken.clone(), client));
+    // The permit is the stream's: released when the stream is dropped.
+    let live = futures::stream::unfold((queue, permit), |(mut queue, permit)| async move {
+        queue.recv().await.map(|e| (e, (queue, permit)))
+    })
+    .inspect(move |_| {
+        taken.fetch_add(1, Ordering::Relaxed);
     });
     let stream = futures::stream::iter(first)
         .chain(live)
-        .map(|e| Ok(SseEvent::default().event(e.name).data(e.data)))
+        .map(|e| Ok::<_, Infallible>(SseEvent::default().event(e.name).data(e.data)))
         .take_until(s.shutdown.clone().cancelled_owned());
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+        .into_response()
+}
+
+/// Moves the events to one client's queue. A client with [`CLIENT_QUEUE`] events waiting, or
+/// with some waiting that took none for [`CLIENT_STALL`], is cut: its connection is closed
+/// rather than left to hold events (its page reconnects and reloads when it can).
+async fn forward(
+    mut rx: broadcast::Receiver<Event>,
+    tx: mpsc::Sender<Event>,
+    taken: Arc<AtomicU64>,
+    client: Client,
+) {
+    let mut sent = 0u64;
+    let mut progress = (0u64, Instant::now());
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let why = loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            e = rx.recv() => match e {
+                Ok(e) => match tx.try_send(e) {
+                    Ok(()) => sent += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        break format!("{CLIENT_QUEUE} events waiting");
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
+                Err(broadcast::error::RecvError::Lagged(n)) => break format!("{n} events missed"),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = check.tick() => {
+                let t = taken.load(Ordering::Relaxed);
+                if t != progress.0 || t >= sent {
+                    progress = (t, Instant::now());
+                } else if progress.1.elapsed() >= CLIENT_STALL {
+                    break format!("{} events waiting, none taken for {CLIENT_STALL:?}", sent - t);
+                }
+            }
+        }
+    };
+    tracing::warn!(client = %client.addr, why, "an event stream's client does not take its events: cut");
+    client.cut();
 }

@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::window::WindowSpec;
 
 use crate::{
-    accuracy::{compare, Accuracy, Agg, Key, StreamWindow},
+    accuracy::{compare, failing, Accuracy, Agg, Key, Status, StreamWindow},
     batch::Scope,
+    settle::Settlement,
     view::{self, WindowView},
 };
 
@@ -19,6 +20,8 @@ pub struct Live {
     pub batch: BTreeMap<Key, Agg>,
     /// Latest final stream window start per pair (for "missing" against "pending").
     latest_final: BTreeMap<(String, String), i64>,
+    /// Which windows the pipeline has not settled (as of the last tick's snapshot).
+    settlement: Settlement,
 }
 
 impl Live {
@@ -32,6 +35,7 @@ impl Live {
             stream: BTreeMap::new(),
             batch,
             latest_final: BTreeMap::new(),
+            settlement: Settlement::default(),
         };
         live.apply_stream(stream);
         live
@@ -93,19 +97,84 @@ impl Live {
         changed
     }
 
+    /// A new settlement (read in this tick's snapshot); returns the windows whose status it
+    /// changed. The rule is evaluated once per pair, and only the windows it may move are looked
+    /// at again.
+    pub fn apply_settlement(&mut self, settlement: Settlement) -> BTreeSet<Key> {
+        let same = settlement.same_rule(&self.settlement);
+        let old = std::mem::replace(&mut self.settlement, settlement);
+        if same {
+            return BTreeSet::new();
+        }
+        let size = self.spec.size_us;
+        let mut candidates: BTreeSet<&Key> = BTreeSet::new();
+        for map in [
+            self.stream.keys().collect::<Vec<_>>(),
+            self.batch.keys().collect(),
+        ] {
+            let mut pair: Option<(&str, &str, Option<i64>)> = None;
+            for k in map {
+                let after = match pair {
+                    Some((b, q, after)) if b == k.0 && q == k.1 => after,
+                    _ => {
+                        let after = self.settlement.moved_after(&old, &k.0, &k.1);
+                        pair = Some((&k.0, &k.1, after));
+                        after
+                    }
+                };
+                if after.is_some_and(|a| k.2 + size > a) {
+                    candidates.insert(k);
+                }
+            }
+        }
+        let unread: Vec<&Key> = self
+            .settlement
+            .unread()
+            .symmetric_difference(old.unread())
+            .collect();
+        candidates.extend(unread);
+        candidates
+            .into_iter()
+            .filter(|k| self.view(k).status != self.view_with(k, &old).status)
+            .cloned()
+            .collect()
+    }
+
+    /// The settlement in use.
+    pub fn settlement(&self) -> &Settlement {
+        &self.settlement
+    }
+
+    /// Windows worth checking for raw rows the aggregator has not read: those of `keys` that
+    /// would differ or be missing (the unread mark aside), and those marked so far.
+    pub fn unread_candidates(&self, keys: &BTreeSet<Key>, settlement: &Settlement) -> Vec<Key> {
+        let mut out: BTreeSet<Key> = self.settlement.unread().clone();
+        for k in keys {
+            let status = self.view_with(k, settlement).status;
+            if matches!(status, Status::Differs | Status::Missing) {
+                out.insert(k.clone());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// Every window that would differ or be missing under `settlement` (after a start).
+    pub fn failing(&self, settlement: &Settlement) -> Vec<Key> {
+        failing(&self.stream, &self.batch, self.spec.size_us, settlement)
+    }
+
     /// How a window looks now.
     pub fn view(&self, key: &Key) -> WindowView {
+        self.view_with(key, &self.settlement)
+    }
+
+    fn view_with(&self, key: &Key, settlement: &Settlement) -> WindowView {
         let later_final = self
             .latest_final
             .get(&(key.0.clone(), key.1.clone()))
             .is_some_and(|s| *s > key.2);
-        view::window(
-            key,
-            self.spec.size_us,
-            self.stream.get(key),
-            self.batch.get(key),
-            later_final,
-        )
+        let sides = (self.stream.get(key), self.batch.get(key));
+        view::window(key, self.spec.size_us, sides, later_final, settlement)
     }
 
     /// Windows of one pair starting in `[since, until)`, at most `limit` (the latest ones).
@@ -151,7 +220,12 @@ impl Live {
 
     /// The verdict over every window in scope.
     pub fn accuracy(&self) -> Accuracy {
-        compare(&self.stream, &self.batch)
+        compare(
+            &self.stream,
+            &self.batch,
+            self.spec.size_us,
+            &self.settlement,
+        )
     }
 }
 
@@ -235,6 +309,44 @@ mod tests {
         );
         assert_eq!(live.pairs()["BTC/USD"], 120);
         assert_eq!(live.accuracy().missing, 1);
+    }
+
+    #[test]
+    fn a_new_settlement_moves_exactly_the_windows_it_decides_otherwise() {
+        use crate::settle::Inputs;
+        let rule = |raw: i64, latest_us: i64| {
+            Settlement::derive(&Inputs {
+                offsets: vec![
+                    ("raw".into(), "t".into(), 0, raw),
+                    ("agg".into(), "t".into(), 0, 100),
+                ],
+                raw_group: "raw".into(),
+                aggregator_group: "agg".into(),
+                pairs: vec![("BTC".into(), "USD".into(), Some(0), latest_us)],
+                watermark_us: Some(10),
+                raw_empty: false,
+                stream_empty: false,
+            })
+        };
+        // Stream windows 0..300 final; the batch side has 0 and 60 only.
+        let stream = (0..5).map(|i| (k(i * 60), sw(1, true))).collect();
+        let batch = BTreeMap::from([(k(0), agg(1)), (k(60), agg(1))]);
+        let mut live = Live::new(WindowSpec::tumbling(60), stream, batch);
+        assert_eq!(live.view(&k(120)).status, Status::Extra);
+        // The raw consumer behind, latest event 130: settled up to 120.
+        let changed = live.apply_settlement(rule(50, 130));
+        assert_eq!(changed, BTreeSet::from([k(120), k(180), k(240)]));
+        assert_eq!(live.view(&k(120)).status, Status::Pending);
+        assert_eq!(live.accuracy().pending, 3);
+        // Only the offsets moved: nothing to push.
+        assert!(live.apply_settlement(rule(51, 130)).is_empty());
+        // Its bound moves to 200: 120 is settled again (extra).
+        let changed = live.apply_settlement(rule(60, 210));
+        assert_eq!(changed, BTreeSet::from([k(120)]));
+        // Caught up: the rest are extra.
+        let changed = live.apply_settlement(rule(100, 300));
+        assert_eq!(changed, BTreeSet::from([k(180), k(240)]));
+        assert_eq!(live.accuracy().extra, 3);
     }
 
     #[test]

@@ -6,19 +6,30 @@
 //! - [`live`]: both sides of every window in scope, in memory;
 //! - [`pipeline`]: the services' latest statistics, for the pipeline panel;
 //! - [`api`]: the page, `/events` (Server-Sent Events), `/api/*`, `/healthz`;
+//! - [`conn`]: connections the server can cut (a client that stopped taking its events);
 //! - [`assets`]: the page's files, embedded in the binary.
+//!
+//! Each tick's reads are one consistent snapshot ([`crate::queries::Snapshot`]), and the verdict
+//! counts the windows the pipeline has not settled as pending ([`crate::settle`]). Anything
+//! compared with `updated_at` or the services' times is on the database's clock, never this
+//! host's. No lock on the state is held across a database query, and `/healthz` takes none.
 
 pub mod api;
 pub mod assets;
+pub mod conn;
 pub mod live;
 pub mod pipeline;
 pub mod poll;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use clap::Args;
 use common::config::{parse_duration, ConfigError, MySqlArgs, TelemetryArgs};
-use tokio::sync::{broadcast, RwLock};
+use tokio::sync::{broadcast, RwLock, Semaphore};
 
 use crate::{accuracy::Accuracy, batch::Scope, SourceArgs};
 
@@ -36,6 +47,9 @@ pub struct ServeSettings {
     /// How often the tables are read for changes.
     #[arg(long = "poll-interval", env = "COMPARE_POLL_INTERVAL", value_name = "COMPARE_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Event streams (/events) served at once; more get 503.
+    #[arg(long = "max-clients", env = "COMPARE_MAX_CLIENTS", value_name = "COMPARE_MAX_CLIENTS", default_value = "64", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_clients: u32,
     /// Ask the dashboard running at --listen (its /readyz) and exit 0 if it answers, 1 if not
     /// (for container healthchecks).
     #[arg(long = "healthcheck")]
@@ -74,6 +88,27 @@ pub struct State {
     pub raw_rows: i64,
 }
 
+/// What `/healthz` answers from, without waiting on anything (a plain mutex, held for copies).
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    pub up: bool,
+    pub error: Option<String>,
+    /// The poller's last successful read of the tables.
+    pub last_ok: Option<Instant>,
+    /// The database's clock (µs) at the last read of it, and when that was here: the database's
+    /// time now is that plus the time elapsed since.
+    pub db_clock: Option<(i64, Instant)>,
+}
+
+impl Health {
+    /// The database's clock now, as last read plus the time since (this host's monotonic clock
+    /// measures only the elapsed time, never the time of day).
+    pub fn db_now_us(&self) -> Option<i64> {
+        self.db_clock
+            .map(|(us, at)| us + i64::try_from(at.elapsed().as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
 /// One server-sent event.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -85,6 +120,9 @@ pub struct Event {
 #[derive(Debug)]
 pub struct Shared {
     pub state: RwLock<State>,
+    pub health: std::sync::Mutex<Health>,
+    /// One permit per event stream served (`--max-clients`).
+    pub clients: Arc<Semaphore>,
     pub events: broadcast::Sender<Event>,
     pub pool: sqlx::MySqlPool,
     pub settings: ServeSettings,
@@ -132,6 +170,11 @@ pub async fn run(settings: ServeSettings, ctx: common::Context) -> anyhow::Resul
             batch_seconds: 0.0,
             raw_rows: 0,
         }),
+        health: std::sync::Mutex::new(Health {
+            up: true,
+            ..Health::default()
+        }),
+        clients: Arc::new(Semaphore::new(settings.max_clients as usize)),
         events,
         pool,
         settings: settings.clone(),
@@ -140,8 +183,8 @@ pub async fn run(settings: ServeSettings, ctx: common::Context) -> anyhow::Resul
     });
     tracing::info!(listen = %settings.listen, group = %settings.source.group, "serving the dashboard");
     let poller = tokio::spawn(poll::run(shared.clone(), ctx.shutdown.clone()));
-    let app = api::router(shared.clone());
-    axum::serve(listener, app)
+    let app = api::router(shared.clone()).into_make_service_with_connect_info::<conn::Client>();
+    axum::serve(conn::Listener(listener), app)
         .with_graceful_shutdown(ctx.shutdown.clone().cancelled_owned())
         .await?;
     poller.abort();

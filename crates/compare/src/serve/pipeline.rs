@@ -1,6 +1,7 @@
 //! The pipeline panel: per service, its instances' latest statistics rows (read by id, a
 //! primary-key range), recent throughput, lag, latency, late events, dead letters, and when it was
-//! last seen (stale when its rows stopped coming).
+//! last seen (stale when its rows stopped coming); and the dead letters not replayed yet: how
+//! many, and the newest few (service, reason, error, when).
 
 use std::collections::BTreeMap;
 
@@ -48,12 +49,42 @@ pub struct ServicePanel {
     pub latency: Option<LatencyFigures>,
 }
 
-/// The latest two rows of every instance seen in the last hour.
+/// One dead letter not replayed, as the panel lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub service: String,
+    /// `malformed`, `invalid` or `rejected`.
+    pub reason: String,
+    /// The first [`ERROR_EXCERPT`] characters of the error.
+    pub error: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub recorded_us: i64,
+}
+
+/// The dead letters not replayed yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DeadLetters {
+    /// How many (`replayed_at` NULL).
+    pub not_replayed: i64,
+    /// The newest few of them, newest first.
+    pub newest: Vec<DeadLetter>,
+}
+
+/// Dead letters listed on the panel.
+pub const NEWEST_DEAD_LETTERS: i64 = 5;
+/// Characters of a dead letter's error shown.
+pub const ERROR_EXCERPT: i64 = 160;
+
+/// The latest two rows of every instance seen in the last hour, and the dead letters.
 #[derive(Debug, Default)]
 pub struct Pipeline {
     /// Last id read.
     pub cursor: i64,
     instances: BTreeMap<String, (Option<StatsRow>, StatsRow)>,
+    pub dead_letters: DeadLetters,
 }
 
 /// Rows kept in view at start (the latest of them per instance).
@@ -165,16 +196,59 @@ type Row = (
     Option<String>,
 );
 
-/// Rows after `pipeline.cursor` (at start: the latest few thousand), and the database's clock.
-pub async fn read(pool: &MySqlPool, pipeline: &Pipeline) -> anyhow::Result<(Vec<StatsRow>, i64)> {
+/// The dead letters not replayed: their number (the `(service, replayed_at, id)` index) and the
+/// newest few, their errors cut to an excerpt in SQL.
+pub async fn dead_letters(pool: &MySqlPool) -> anyhow::Result<DeadLetters> {
+    let not_replayed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE replayed_at IS NULL")
+            .fetch_one(pool)
+            .await?;
+    type Row = (i64, String, String, String, String, i32, i64, i64);
+    let rows: Vec<Row> = if not_replayed == 0 {
+        Vec::new()
+    } else {
+        sqlx::query_as(&format!(
+            "SELECT id, service, reason, LEFT(error, ?), topic, kafka_partition, kafka_offset, \
+                    CAST({} AS SIGNED) \
+             FROM dead_letters WHERE replayed_at IS NULL ORDER BY id DESC LIMIT ?",
+            us("recorded_at")
+        ))
+        .bind(ERROR_EXCERPT)
+        .bind(NEWEST_DEAD_LETTERS)
+        .fetch_all(pool)
+        .await?
+    };
+    let newest = rows
+        .into_iter()
+        .map(
+            |(id, service, reason, error, topic, partition, offset, recorded_us)| DeadLetter {
+                id,
+                service,
+                reason,
+                error,
+                topic,
+                partition,
+                offset,
+                recorded_us,
+            },
+        )
+        .collect();
+    Ok(DeadLetters {
+        not_replayed,
+        newest,
+    })
+}
+
+/// Rows after `cursor` (at start, 0: the latest few thousand), and the database's clock.
+pub async fn read(pool: &MySqlPool, cursor: i64) -> anyhow::Result<(Vec<StatsRow>, i64)> {
     let now_us: i64 = sqlx::query_scalar(&format!(
         "SELECT CAST({} AS SIGNED)",
         us("UTC_TIMESTAMP(6)")
     ))
     .fetch_one(pool)
     .await?;
-    let after = if pipeline.cursor > 0 {
-        pipeline.cursor
+    let after = if cursor > 0 {
+        cursor
     } else {
         let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM service_stats")
             .fetch_one(pool)

@@ -1,11 +1,17 @@
-//! The poller: reads what changed since the last tick and pushes it.
+//! The poller: reads what changed since the last tick and pushes it. Each tick's reads are one
+//! consistent snapshot ([`Snapshot`]), so the stream rows, raw rows, late events and the
+//! consumers' offsets it sees are of one moment.
 //!
-//! - `stream_agg` by `updated_at` (its index), re-reading a margin so that a transaction that
-//!   committed after a later one is not missed; rows that did not change are dropped by [`Live`];
+//! - `stream_agg` by `updated_at` (its index), from the database's clock at the previous tick's
+//!   snapshot less a margin, so that a transaction that committed after a later one is not
+//!   missed (and a row stamped ahead of the clock hides nothing); rows that did not change are
+//!   dropped by [`Live`];
 //! - `raw_coin_data` and `late_events` by id (primary key) with the same margin: each new row marks
 //!   its pair's slide bucket, and the windows over marked buckets are recomputed by range scans;
 //! - a stream window that changed and does not match its batch side is recomputed too;
-//! - `service_stats` by id, for the pipeline panel, every second.
+//! - the groups' offsets, for the windows not settled yet ([`crate::settle`]);
+//! - `service_stats` by id and the dead letters not replayed, for the pipeline panel, every
+//!   second (outside the snapshot, and with no lock on the state held while reading).
 //!
 //! A failed read marks the database down (pushed to the page), and the poller retries with backoff.
 
@@ -15,34 +21,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chrono::{NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime};
 use common::{backoff::Backoff, window::WindowSpec};
-use sqlx::MySqlPool;
+use sqlx::MySqlConnection;
 use tokio_util::sync::CancellationToken;
 
 use super::{live::Live, pipeline, Event, Shared};
 use crate::{
     accuracy::{Key, Status},
     batch::{self, Scope, REREAD_MARGIN as MARGIN},
-    queries::{self, StreamRow},
+    queries::{self, Snapshot, StreamRow},
+    settle::{self, Settlement},
 };
 /// New raw rows read per tick.
 const RAW_BATCH: i64 = 50_000;
 /// Views per `windows` event.
 const EVENT_CHUNK: usize = 2_000;
-/// A `stream_agg` row and its `updated_at`.
-type ChangedRow = (
-    String,
-    String,
-    i64,
-    i64,
-    f64,
-    f64,
-    f64,
-    f64,
-    bool,
-    NaiveDateTime,
-);
 
 /// Ids read so far, with what was read within the margin.
 #[derive(Debug, Default)]
@@ -100,10 +94,13 @@ impl IdCursor {
 struct Poller {
     shared: Arc<Shared>,
     spec: Option<WindowSpec>,
-    stream_hw: Option<NaiveDateTime>,
+    /// `stream_agg` rows are read from this `updated_at` on (µs, the database's clock).
+    stream_from_us: i64,
     raw: IdCursor,
     late: IdCursor,
     last_pipeline: Option<Instant>,
+    /// The last read of the dead letters failed (said once).
+    dead_letters_failed: bool,
     pending: Pending,
 }
 
@@ -123,10 +120,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut poller = Poller {
         shared: shared.clone(),
         spec: None,
-        stream_hw: None,
+        stream_from_us: 0,
         raw: IdCursor::default(),
         late: IdCursor::default(),
         last_pipeline: None,
+        dead_letters_failed: false,
         pending: Pending::default(),
     };
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
@@ -141,22 +139,17 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         match poller.tick().await {
             Ok(()) => {
                 backoff.reset();
-                let now = Utc::now().timestamp_micros();
-                let mut state = shared.state.write().await;
-                state.db.last_ok_us = Some(now);
-                if down {
-                    down = false;
-                    state.db.up = true;
-                    state.db.error = None;
-                    tracing::info!("the database answers again");
-                    drop(state);
-                    poller.status().await;
-                }
+                poller.answered(&mut down).await;
             }
             Err(e) => {
                 let error = format!("{e:#}");
                 let delay = backoff.next_delay();
                 tracing::warn!(error, retry_in = ?delay, "reading the tables failed");
+                {
+                    let mut health = poller.health();
+                    health.up = false;
+                    health.error = Some(error.clone());
+                }
                 {
                     let mut state = shared.state.write().await;
                     state.db.up = false;
@@ -174,8 +167,29 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 impl Poller {
-    fn pool(&self) -> &MySqlPool {
-        &self.shared.pool
+    fn health(&self) -> std::sync::MutexGuard<'_, super::Health> {
+        self.shared.health()
+    }
+
+    /// A tick read the tables: healthy again (and said so when it had been down).
+    async fn answered(&mut self, down: &mut bool) {
+        let db_now_us = {
+            let mut health = self.health();
+            health.up = true;
+            health.error = None;
+            health.last_ok = Some(Instant::now());
+            health.db_now_us()
+        };
+        let mut state = self.shared.state.write().await;
+        state.db.last_ok_us = db_now_us;
+        if *down {
+            *down = false;
+            state.db.up = true;
+            state.db.error = None;
+            tracing::info!("the database answers again");
+            drop(state);
+            self.status().await;
+        }
     }
 
     fn send(&self, name: &'static str, data: String) {
@@ -192,11 +206,16 @@ impl Poller {
     }
 
     async fn tick(&mut self) -> anyhow::Result<()> {
+        let mut snap = Snapshot::begin(&self.shared.pool).await?;
+        let db_now_us = queries::db_now_us(snap.conn()).await?;
+        self.health().db_clock = Some((db_now_us, Instant::now()));
         if self.spec.is_none() {
-            self.start().await?;
+            self.start(snap.conn(), db_now_us).await?;
         } else {
-            self.changes().await?;
+            self.changes(snap.conn(), db_now_us).await?;
         }
+        snap.end().await?;
+        self.push().await?;
         if self
             .last_pipeline
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
@@ -207,39 +226,36 @@ impl Poller {
         Ok(())
     }
 
-    /// The window spec, then everything in scope read once.
-    async fn start(&mut self) -> anyhow::Result<()> {
-        let source = &self.shared.settings.source;
-        let Some(spec) = source.spec(self.pool()).await? else {
+    async fn set_waiting(&self, waiting: String) {
+        let mut state = self.shared.state.write().await;
+        if state.waiting.as_deref() != Some(waiting.as_str()) {
+            state.waiting = Some(waiting);
+            drop(state);
+            self.status().await;
+        }
+    }
+
+    /// The window spec, then everything in scope read once (in the snapshot `conn`).
+    async fn start(&mut self, conn: &mut MySqlConnection, db_now_us: i64) -> anyhow::Result<()> {
+        let source = self.shared.settings.source.clone();
+        let Some(spec) = source.spec(conn).await? else {
             let waiting = format!(
                 "no window spec recorded for aggregator group {:?} yet: is the stream aggregator running with --group {:?}?",
                 source.group, source.group
             );
-            let mut state = self.shared.state.write().await;
-            if state.waiting.as_deref() != Some(waiting.as_str()) {
-                state.waiting = Some(waiting);
-                drop(state);
-                self.status().await;
-            }
+            self.set_waiting(waiting).await;
             return Ok(());
         };
-        {
-            let mut state = self.shared.state.write().await;
-            state.waiting = Some("computing the batch side".into());
-        }
-        self.status().await;
-        let pool = self.pool().clone();
+        self.set_waiting("computing the batch side".into()).await;
         let scope = source.scope();
-        let (raw_max, late_max, hw): (Option<i64>, Option<i64>, Option<NaiveDateTime>) =
-            sqlx::query_as(
-                "SELECT (SELECT MAX(id) FROM raw_coin_data), (SELECT MAX(id) FROM late_events), \
-                        (SELECT MAX(updated_at) FROM stream_agg)",
-            )
-            .fetch_one(&pool)
-            .await?;
+        let (raw_max, late_max): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT MAX(id) FROM raw_coin_data), (SELECT MAX(id) FROM late_events)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
         let started = Instant::now();
-        let batch = batch::compute(&pool, spec, &source.group, &scope).await?;
-        let stream = queries::stream(&pool, &scope).await?;
+        let batch = batch::compute(conn, spec, &source.group, &scope).await?;
+        let stream = queries::stream(conn, &scope).await?;
         tracing::info!(
             windows = batch.windows.len(),
             raw_rows = batch.raw_rows,
@@ -247,11 +263,17 @@ impl Poller {
             took = ?started.elapsed(),
             "both sides read"
         );
+        let mut live = Live::new(spec, stream, batch.windows);
+        let mut settlement = settle::read(conn, &source.raw_group, &source.group).await?;
+        if settlement.aggregator_behind() {
+            let candidates = live.failing(&settlement);
+            settle::check_unread(conn, spec, &mut settlement, candidates).await?;
+        }
+        live.apply_settlement(settlement);
         self.raw = IdCursor::start(raw_max.unwrap_or(0));
         self.late = IdCursor::start(late_max.unwrap_or(0));
-        self.stream_hw = hw;
+        self.stream_from_us = db_now_us - margin_us();
         self.spec = Some(spec);
-        let live = Live::new(spec, stream, batch.windows);
         {
             let mut state = self.shared.state.write().await;
             state.accuracy = live.accuracy();
@@ -265,28 +287,64 @@ impl Poller {
         Ok(())
     }
 
-    /// One tick's changes, applied and pushed. What a tick has read is kept until it is applied
-    /// and pushed: a tick that fails half-way (the database went away) leaves it for the next.
-    async fn changes(&mut self) -> anyhow::Result<()> {
+    /// One tick's changes, read in the snapshot `conn` and applied. What a tick has read is kept
+    /// until it is applied and pushed: a tick that fails half-way (the database went away)
+    /// leaves it for the next.
+    async fn changes(&mut self, conn: &mut MySqlConnection, db_now_us: i64) -> anyhow::Result<()> {
         let Some(spec) = self.spec else {
             return Ok(());
         };
-        let scope = self.shared.settings.source.scope();
+        let source = self.shared.settings.source.clone();
+        let scope = source.scope();
         let now = Instant::now();
-        let stream_rows = self.stream_changes(&scope).await?;
+        let stream_rows = self.stream_changes(conn, &scope).await?;
         self.pending.stream.extend(stream_rows);
-        let pool = &self.shared.pool;
-        let dirty = bucket_changes(pool, &mut self.raw, spec, now, None).await?;
+        let dirty = bucket_changes(conn, &mut self.raw, spec, now, None).await?;
         self.pending.dirty.extend(dirty);
-        let group = Some(self.shared.settings.source.group.as_str());
-        let dirty = bucket_changes(pool, &mut self.late, spec, now, group).await?;
+        let group = Some(source.group.as_str());
+        let dirty = bucket_changes(conn, &mut self.late, spec, now, group).await?;
         self.pending.dirty.extend(dirty);
+        self.apply_stream(spec).await;
+        let ranges = batch::dirty_ranges(spec, &scope, &self.pending.dirty);
+        let mut recomputed = Vec::with_capacity(ranges.len());
+        for range in &ranges {
+            let b = batch::compute(conn, spec, &source.group, range).await?;
+            recomputed.push((range, b.windows));
+        }
+        self.pending.dirty.clear();
+        let mut settlement = settle::read(conn, &source.raw_group, &source.group).await?;
+        {
+            let mut state = self.shared.state.write().await;
+            if let Some(live) = state.live.as_mut() {
+                for (range, windows) in recomputed {
+                    self.pending
+                        .changed
+                        .extend(live.apply_batch(range, windows));
+                }
+            }
+        }
+        if settlement.aggregator_behind() {
+            let candidates = {
+                let state = self.shared.state.read().await;
+                state.live.as_ref().map_or_else(Vec::new, |live| {
+                    live.unread_candidates(&self.pending.changed, &settlement)
+                })
+            };
+            settle::check_unread(conn, spec, &mut settlement, candidates).await?;
+        }
+        self.apply_settlement(settlement).await;
+        self.stream_from_us = db_now_us - margin_us();
+        Ok(())
+    }
+
+    /// Applies the stream rows read; a changed stream window that does not match is read again on
+    /// the batch side.
+    async fn apply_stream(&mut self, spec: WindowSpec) {
         let mut state = self.shared.state.write().await;
         let Some(live) = state.live.as_mut() else {
-            return Ok(());
+            return;
         };
         let changed = live.apply_stream(std::mem::take(&mut self.pending.stream));
-        // A changed stream window that does not match is read again on the batch side.
         for k in &changed {
             if live.view(k).status != Status::Match {
                 self.pending.dirty.insert((
@@ -297,27 +355,25 @@ impl Poller {
             }
         }
         self.pending.changed.extend(changed);
-        drop(state);
-        let ranges = batch::dirty_ranges(spec, &scope, &self.pending.dirty);
-        let mut recomputed = Vec::with_capacity(ranges.len());
-        for range in &ranges {
-            let b = batch::compute(self.pool(), spec, &self.shared.settings.source.group, range)
-                .await?;
-            recomputed.push((range, b.windows));
-        }
-        self.pending.dirty.clear();
+    }
+
+    async fn apply_settlement(&mut self, settlement: Settlement) {
         let mut state = self.shared.state.write().await;
-        let Some(live) = state.live.as_mut() else {
-            return Ok(());
-        };
-        for (range, windows) in recomputed {
-            self.pending
-                .changed
-                .extend(live.apply_batch(range, windows));
+        if let Some(live) = state.live.as_mut() {
+            let changed = live.apply_settlement(settlement);
+            self.pending.changed.extend(changed);
         }
+    }
+
+    /// Pushes the views of the windows that changed, and the verdict when it changed.
+    async fn push(&mut self) -> anyhow::Result<()> {
         if self.pending.changed.is_empty() {
             return Ok(());
         }
+        let mut state = self.shared.state.write().await;
+        let Some(live) = state.live.as_ref() else {
+            return Ok(());
+        };
         let changed = std::mem::take(&mut self.pending.changed);
         let views: Vec<_> = changed.iter().map(|k| live.view(k)).collect();
         let accuracy = live.accuracy();
@@ -334,46 +390,64 @@ impl Poller {
         Ok(())
     }
 
-    /// `stream_agg` rows changed since the high-water mark less the margin, in scope.
+    /// `stream_agg` rows changed since the previous tick's snapshot less the margin, in scope.
     async fn stream_changes(
         &mut self,
+        conn: &mut MySqlConnection,
         scope: &Scope,
     ) -> anyhow::Result<Vec<(Key, crate::accuracy::StreamWindow)>> {
-        let margin = chrono::Duration::from_std(MARGIN)?;
-        let from = self
-            .stream_hw
-            .map_or(chrono::DateTime::UNIX_EPOCH.naive_utc(), |hw| hw - margin);
-        let rows: Vec<ChangedRow> = sqlx::query_as(&format!(
-            "SELECT {}, updated_at FROM stream_agg WHERE updated_at >= ?",
+        let from: NaiveDateTime = DateTime::from_timestamp_micros(self.stream_from_us)
+            .unwrap_or_default()
+            .naive_utc();
+        let rows: Vec<StreamRow> = sqlx::query_as(&format!(
+            "SELECT {} FROM stream_agg WHERE updated_at >= ?",
             queries::stream_columns()
         ))
         .bind(from)
-        .fetch_all(self.pool())
+        .fetch_all(conn)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (b, q, s, n, sum, min, max, avg, f, updated) in rows {
-            self.stream_hw = Some(self.stream_hw.map_or(updated, |hw| hw.max(updated)));
-            if scope.contains(&b, &q, s) {
-                let row: StreamRow = (b, q, s, n, sum, min, max, avg, f);
-                out.push(queries::stream_window(row));
-            }
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .filter(|r| scope.contains(&r.0, &r.1, r.2))
+            .map(queries::stream_window)
+            .collect())
     }
 
-    /// The services' statistics, pushed as the panel.
+    /// The services' statistics and the dead letters, pushed as the panel. The state is locked
+    /// only to take the cursor and to add what was read, never while reading.
     async fn pipeline(&mut self) -> anyhow::Result<()> {
+        let cursor = self.shared.state.read().await.pipeline.cursor;
+        let (rows, now_us) = pipeline::read(&self.shared.pool, cursor).await?;
+        // Not fatal (a database whose dead_letters lacks the replay columns): said once.
+        let dead = match pipeline::dead_letters(&self.shared.pool).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                if !self.dead_letters_failed {
+                    tracing::warn!(error = %format!("{e:#}"), "reading the dead letters failed: not shown");
+                }
+                None
+            }
+        };
+        self.dead_letters_failed = dead.is_none();
         let mut state = self.shared.state.write().await;
-        let (rows, now_us) = pipeline::read(self.pool(), &state.pipeline).await?;
         for r in rows {
             state.pipeline.add(r);
         }
+        if let Some(dead) = dead {
+            state.pipeline.dead_letters = dead;
+        }
         let panel = state.pipeline.panel(now_us);
+        let dead = state.pipeline.dead_letters.clone();
         drop(state);
-        let data = serde_json::json!({ "now_us": now_us, "services": panel }).to_string();
+        let data = serde_json::json!({ "now_us": now_us, "services": panel, "dead_letters": dead })
+            .to_string();
         self.send("pipeline", data);
         Ok(())
     }
+}
+
+fn margin_us() -> i64 {
+    i64::try_from(MARGIN.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Slide buckets of the rows new since the last tick: of `raw_coin_data`, or of `late_events` of
@@ -381,7 +455,7 @@ impl Poller {
 /// rolled-back insert uses one up); the limit covers the rows read again in the margin and a batch
 /// of new ones.
 async fn bucket_changes(
-    pool: &MySqlPool,
+    conn: &mut MySqlConnection,
     cursor: &mut IdCursor,
     spec: WindowSpec,
     now: Instant,
@@ -403,7 +477,7 @@ async fn bucket_changes(
     }
     let rows = query
         .bind(cursor.reread(from) + RAW_BATCH)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     let mut dirty = BTreeSet::new();
     for (id, b, q, bucket) in rows {
