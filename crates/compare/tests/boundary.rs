@@ -246,9 +246,14 @@ fn assert_windows(got: &Windows, want: &Windows) {
     }
 }
 
-/// service -> (key, payload, reason) of every dead letter.
-async fn dead_letters(db: &TestDb) -> BTreeMap<String, Vec<(Option<Vec<u8>>, Vec<u8>, String)>> {
-    let rows: Vec<(String, Option<Vec<u8>>, Option<Vec<u8>>, String)> = sqlx::query_as(
+/// A dead letter as the tests read it: key, payload, reason.
+type Letter = (Option<Vec<u8>>, Vec<u8>, String);
+/// service, key, payload, reason.
+type LetterRow = (String, Option<Vec<u8>>, Option<Vec<u8>>, String);
+
+/// service -> every dead letter.
+async fn dead_letters(db: &TestDb) -> BTreeMap<String, Vec<Letter>> {
+    let rows: Vec<LetterRow> = sqlx::query_as(
         "SELECT service, message_key, payload, reason FROM dead_letters ORDER BY service, kafka_partition, kafka_offset",
     )
     .fetch_all(&db.pool)
@@ -403,31 +408,22 @@ async fn refused_rows_become_dead_letters_and_a_replay_applies_them_once() {
         ("raw-consumer", "raw-replay"),
         ("stream-aggregator", "agg-replay"),
     ] {
-        let status = t
-            .command(name, log, "1h", &["--list-dead-letters"])
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "{name} --list-dead-letters: {}",
-            tail(&t.log(log), 20)
-        );
+        let run = |args: &[&str]| {
+            let status = t.command(name, log, "1h", args).status().unwrap();
+            assert!(
+                status.success(),
+                "{name} {args:?}: {}",
+                tail(&t.log(log), 20)
+            );
+        };
+        run(&["--list-dead-letters"]);
         let listed = std::fs::read_to_string(t.logs.join(format!("{log}.out.log"))).unwrap();
         assert!(
             listed.contains("3 dead letters of"),
             "{name} lists its letters: {listed}"
         );
-        for round in ["first", "second"] {
-            let status = t
-                .command(name, log, "1h", &["--replay-dead-letters"])
-                .status()
-                .unwrap();
-            assert!(
-                status.success(),
-                "{name} replay ({round}): {}",
-                tail(&t.log(log), 20)
-            );
-        }
+        run(&["--replay-dead-letters"]);
+        run(&["--replay-dead-letters"]);
         let out = std::fs::read_to_string(t.logs.join(format!("{log}.out.log"))).unwrap();
         assert!(
             out.contains("3 applied (0 of them late"),

@@ -11,14 +11,13 @@
 //! (`target/dashboard.png`; `COINSTREAM_DASHBOARD_PNG=path` saves it there too, which is how
 //! `docs/dashboard.png` is made).
 
-mod support;
-
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use common::testing::proxy::FaultProxy;
 use common::testing::{
     prometheus::free_port,
     service_command,
@@ -27,7 +26,6 @@ use common::testing::{
 };
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
-use support::DbProxy;
 
 /// How soon a window row must reach the page.
 const PAGE_DEADLINE: Duration = Duration::from_secs(2);
@@ -215,13 +213,13 @@ async fn dashboard_in_chromium_follows_a_running_pipeline() {
             ],
         ),
     ]);
-    let proxy = DbProxy::start().await;
+    let proxy = FaultProxy::for_test_server().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut serve = service_command(env!("CARGO_BIN_EXE_compare"), &db, &kafka.bootstrap_servers);
     serve
         // The dashboard needs nothing but SELECT: it runs on an account that may do nothing else.
-        .env("DATABASE_URL", proxy.reader_database_url(&db))
+        .env("DATABASE_URL", proxy.url_via(&db.reader_database_url()))
         .env("RAW_CONSUMER_GROUP", kafka.group("raw"))
         .args(["serve", "--group", &kafka.group("agg")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -689,15 +687,15 @@ async fn screenshot(browser: &Browser) {
 
 /// The database stops answering: the page says so within 10 s; it comes back: the banner goes
 /// and new windows flow again.
-async fn check_database_down_and_back(browser: &Browser, proxy: &DbProxy) {
-    proxy.set_down(true);
+async fn check_database_down_and_back(browser: &Browser, proxy: &FaultProxy) {
+    proxy.unreachable(true);
     let banner = "const b = document.getElementById('banner'); \
                   return !b.classList.contains('hidden') && b.textContent.includes('database does not answer');";
     assert!(
         browser.until(banner, Duration::from_secs(15)).await,
         "the page says the database is down"
     );
-    proxy.set_down(false);
+    proxy.unreachable(false);
     assert!(
         browser
             .until(

@@ -17,7 +17,7 @@ use std::{
 
 use common::{
     consumer::{
-        dead_letters::{DeadLetter, Reason, Refusal, Source},
+        dead_letters::{DeadLetter, Reason, Refusal},
         offsets::OffsetStore,
         probe::Probe,
         Msg, Processor, WriteOutcome, WriteTask,
@@ -123,17 +123,8 @@ impl Aggregator {
         if refusal.reason == Reason::Rejected {
             f.rejected += 1;
         }
-        part.dead.push(DeadLetter::found(
-            Source {
-                topic: self.offsets.topic(),
-                partition: msg.partition,
-                offset: msg.offset,
-                key: msg.key,
-                payload: msg.payload,
-                published_ms: msg.published_ms,
-            },
-            refusal,
-        ));
+        part.dead
+            .push(DeadLetter::found(msg.source(self.offsets.topic()), refusal));
     }
 }
 
@@ -186,14 +177,8 @@ impl Processor for Aggregator {
         };
         let (f, part) = (&mut self.stats.figures, self.parts.get_mut(&msg.partition));
         let Some(part) = part else { return };
-        let late_row = |watermark_us, missed, applied| LateRow {
-            offset: msg.offset,
-            pair: update.pair,
-            rate: update.rate,
-            time_us: update.time_us,
-            watermark_us,
-            missed,
-            applied,
+        let late_row = |watermark_us, missed, applied| {
+            LateRow::of(msg.offset, &update, watermark_us, missed, applied)
         };
         match part.engine.apply(update.pair, update.time_us, update.rate) {
             Applied::Accepted => {

@@ -111,14 +111,8 @@ async fn apply(
                 continue;
             }
         };
-        let late = |watermark_us, missed, applied| LateRow {
-            offset: l.offset,
-            pair: update.pair,
-            rate: update.rate,
-            time_us: update.time_us,
-            watermark_us,
-            missed,
-            applied,
+        let late = |watermark_us, missed, applied| {
+            LateRow::of(l.offset, &update, watermark_us, missed, applied)
         };
         match part.engine.apply(update.pair, update.time_us, update.rate) {
             Applied::Accepted | Applied::Duplicate => {}

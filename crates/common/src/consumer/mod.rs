@@ -77,6 +77,20 @@ pub struct Msg<'a> {
     pub received: Instant,
 }
 
+impl<'a> Msg<'a> {
+    /// The message as a dead letter's source, read from `topic`.
+    pub fn source(&self, topic: &'a str) -> dead_letters::Source<'a> {
+        dead_letters::Source {
+            topic,
+            partition: self.partition,
+            offset: self.offset,
+            key: self.key,
+            payload: self.payload,
+            published_ms: self.published_ms,
+        }
+    }
+}
+
 /// What a committed write tells the runtime.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {

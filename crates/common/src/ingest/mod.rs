@@ -27,7 +27,7 @@ use sqlx::MySqlPool;
 use crate::{
     config::{parse_duration, ConsumerArgs, KafkaArgs, MySqlArgs},
     consumer::{
-        dead_letters::{self, DeadLetter, Refusal, ReplayArgs, Source},
+        dead_letters::{self, DeadLetter, Refusal, ReplayArgs},
         offsets::OffsetStore,
         probe::Probe,
         Msg, Processor, Target, WriteOutcome, WriteTask,
@@ -267,14 +267,7 @@ impl<S: Sink> Processor for Ingest<S> {
                 payload: self.batch.keep(msg.payload),
             }),
             Err(refusal) => Content::Dead(DeadLetter::found(
-                Source {
-                    topic: self.writer.store.topic(),
-                    partition: msg.partition,
-                    offset: msg.offset,
-                    key: msg.key,
-                    payload: msg.payload,
-                    published_ms: msg.published_ms,
-                },
+                msg.source(self.writer.store.topic()),
                 refusal,
             )),
         };

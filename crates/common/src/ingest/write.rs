@@ -59,7 +59,8 @@ impl<S: Sink> Writer<S> {
         let mut total = Written::default();
         let mut retrier = Retrier::new(Some(self.health.clone()));
         // Ranges still to write, the next one last.
-        let mut todo: Vec<Range<usize>> = vec![0..batch.items.len()];
+        let mut todo: Vec<Range<usize>> = Vec::new();
+        todo.push(0..batch.items.len());
         while let Some(range) = todo.pop() {
             let started = Instant::now();
             let result = self.attempt(&batch.items[range.clone()]).await;

@@ -136,6 +136,15 @@ impl FaultProxy {
         )
     }
 
+    /// `url` (`mysql://user:password@host:port/db`) pointed at the proxy instead, TLS off.
+    pub fn url_via(&self, url: &str) -> String {
+        let (head, rest) = url
+            .split_once('@')
+            .expect("a mysql://user:password@host URL");
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        format!("{head}@{}{path}?ssl-mode=DISABLED", self.addr)
+    }
+
     /// `DATABASE_URL` of a test database through the proxy (the kit's account, TLS off).
     pub fn database_url_of(&self, db: &super::TestDb) -> String {
         let url = super::test_mysql_url();

@@ -227,6 +227,28 @@ pub struct LateRow {
     pub applied: bool,
 }
 
+impl LateRow {
+    /// The late event at `offset`: `update`, the watermark it missed, the windows it missed and
+    /// whether it was applied to the others.
+    pub fn of(
+        offset: i64,
+        update: &common::RateEvent,
+        watermark_us: i64,
+        missed: u32,
+        applied: bool,
+    ) -> Self {
+        LateRow {
+            offset,
+            pair: update.pair,
+            rate: update.rate,
+            time_us: update.time_us,
+            watermark_us,
+            missed,
+            applied,
+        }
+    }
+}
+
 /// Everything one flush writes for one partition.
 #[derive(Debug, Clone)]
 pub struct PartFlush {
