@@ -262,6 +262,18 @@ async fn healthz_answers_at_once_while_a_query_is_held_up() {
     lagging::spec(&db).await;
     windows(&db, &["AAA"], 10).await;
     let serve = Serve::start(&db, "serve-healthz", &[]).await;
+    // Healthy first (a read of the tables succeeded just now), so the 5 s below stay within the
+    // 10 s /healthz allows without a read, even on a loaded machine.
+    let ready = Instant::now();
+    while reqwest::get(serve.url("/healthz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(ready.elapsed() < Duration::from_secs(30), "never healthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The poller reads service_stats every second: it waits on this lock.
     let mut locker = db.connect_options().connect().await.unwrap();
