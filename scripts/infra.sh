@@ -218,7 +218,7 @@ db_up() {
         echo "ALTER USER '${user%%:*}'@'$host' IDENTIFIED BY '${user#*:}';"
       done
       # The services: data access and the DDL their embedded migrations run, on their database only.
-      echo "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, ALTER, INDEX, REFERENCES ON \`$APP_DB\`.* TO '$APP_USER'@'$host';"
+      echo "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES ON \`$APP_DB\`.* TO '$APP_USER'@'$host';"
       # The demo (scripts/demo.sh) resets its own database each run.
       echo "GRANT ALL PRIVILEGES ON \`coinstream_demo\`.* TO '$APP_USER'@'$host';"
       # The test kit: creates and drops its own cstest_* databases, nothing else.

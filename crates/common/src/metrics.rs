@@ -223,6 +223,14 @@ impl std::fmt::Debug for Exporter {
 impl Exporter {
     /// The registry for `service`.
     pub fn install(service: &'static str) -> anyhow::Result<Self> {
+        // Labelled counters whose label values are known: rendered (at 0) from the start, so a
+        // rate over them has a series before the first increment.
+        for reason in ["malformed", "invalid", "rejected"] {
+            DEAD_LETTERS.with_label_values(&[reason]);
+        }
+        for kind in ["transient", "rejected"] {
+            WRITE_FAILURES.with_label_values(&[kind]);
+        }
         let labels = HashMap::from([("service".to_string(), service.to_string())]);
         let registry = Registry::new_custom(None, Some(labels))?;
         registry.register(Box::new(

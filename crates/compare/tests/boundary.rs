@@ -18,7 +18,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
-    process::{Child, Command, ExitStatus},
+    process::{Command, ExitStatus},
     time::{Duration, Instant},
 };
 
@@ -27,7 +27,10 @@ use common::{
     testing::{
         proxy::FaultProxy,
         service_command,
-        services::{log_dir, log_to, service_binary, tail, terminate, wait_for, wait_for_log},
+        services::{
+            log_dir, log_to, service_binary, spawn_running, tail, terminate, wait_for,
+            wait_for_log, Running,
+        },
         TestDb, TestKafka,
     },
     Pair, RateUpdate,
@@ -98,7 +101,7 @@ impl Setup {
     }
 
     /// Waits for `child` to exit (at most `limit`), panicking with its log otherwise.
-    async fn exit(&self, child: &mut Child, log: &str, limit: Duration) -> ExitStatus {
+    async fn exit(&self, child: &mut Running, log: &str, limit: Duration) -> ExitStatus {
         match wait_for(child, limit).await {
             Some(s) => s,
             None => {
@@ -124,7 +127,7 @@ impl Setup {
             if let Some(urls) = db_url {
                 c.env("DATABASE_URL", &urls[i]);
             }
-            children.push((c.spawn().expect("starting a service"), *log));
+            children.push((spawn_running(&mut c), *log));
         }
         for (mut child, log) in children {
             let status = self.exit(&mut child, log, Duration::from_secs(180)).await;
@@ -495,7 +498,7 @@ async fn lost_commit_replies_lose_and_double_nothing() {
             &["--exit-idle", "5s", "--max-wait", "150s"],
         );
         c.env("DATABASE_URL", &urls[i]);
-        children.push((c.spawn().unwrap(), *log));
+        children.push((spawn_running(&mut c), *log));
     }
     for (_, log) in &children {
         assert!(
@@ -575,7 +578,7 @@ async fn an_unreachable_database_is_loud_and_sigterm_exits_within_the_timeout() 
         let mut c = t.command(name, log, "5s", &["--shutdown-timeout", "5s"]);
         c.env("DATABASE_URL", proxies[i].database_url_of(&t.db))
             .env("METRICS_ADDR", format!("127.0.0.1:{port}"));
-        children.push((c.spawn().unwrap(), *log, port));
+        children.push((spawn_running(&mut c), *log, port));
     }
     for (_, log, _) in &children {
         assert!(

@@ -31,6 +31,13 @@ struct Running {
     child: Child,
 }
 
+impl Drop for Running {
+    /// A failed assertion must not leave the services running.
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
 fn start(
     db: &TestDb,
     kafka: &TestKafka,

@@ -46,6 +46,7 @@
 
 pub mod context;
 pub mod dead_letters;
+pub mod fetch;
 pub mod gaps;
 pub mod offsets;
 pub mod probe;

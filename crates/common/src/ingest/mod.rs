@@ -28,6 +28,7 @@ use crate::{
     config::{parse_duration, ConsumerArgs, KafkaArgs, MySqlArgs},
     consumer::{
         dead_letters::{self, DeadLetter, Refusal, ReplayArgs},
+        fetch::Fetcher,
         offsets::OffsetStore,
         probe::Probe,
         Msg, Processor, Target, WriteOutcome, WriteTask,
@@ -90,44 +91,14 @@ pub struct Statements {
     pub rows: u64,
 }
 
-/// A parsed row, with where its message's key and payload are in the batch's arena (kept so
-/// that a row the database refuses becomes a dead letter holding the message whole).
-struct Parsed<R> {
-    row: R,
-    key: Option<(usize, usize)>,
-    payload: (usize, usize),
-}
-
 enum Content<R> {
-    Row(Parsed<R>),
+    Row(R),
     Dead(DeadLetter),
 }
 
 struct Item<R> {
     meta: Meta,
     content: Content<R>,
-}
-
-/// Messages waiting to be written: items in arrival order (offset order per partition), and one
-/// buffer holding the bytes of the rows' messages.
-struct Batch<R> {
-    items: Vec<Item<R>>,
-    arena: Vec<u8>,
-}
-
-impl<R> Batch<R> {
-    fn with_capacity(n: usize) -> Self {
-        Batch {
-            items: Vec::with_capacity(n),
-            arena: Vec::new(),
-        }
-    }
-
-    fn keep(&mut self, bytes: &[u8]) -> (usize, usize) {
-        let start = self.arena.len();
-        self.arena.extend_from_slice(bytes);
-        (start, bytes.len())
-    }
 }
 
 /// What every write of a service shares.
@@ -137,12 +108,14 @@ struct Writer<S> {
     service: &'static str,
     store: OffsetStore,
     health: Arc<Health>,
+    /// Reads a refused row's message again (to keep it whole as a dead letter).
+    fetcher: Fetcher,
 }
 
 /// The ingestion processor: batches of a [`Sink`]'s rows.
 pub struct Ingest<S: Sink> {
     writer: Arc<Writer<S>>,
-    batch: Batch<S::Row>,
+    batch: Vec<Item<S::Row>>,
     batch_started: Option<Instant>,
     batch_size: usize,
     batch_timeout: Duration,
@@ -154,7 +127,7 @@ impl<S: Sink> std::fmt::Debug for Ingest<S> {
         f.debug_struct("Ingest")
             .field("service", &self.writer.service)
             .field("store", &self.writer.store)
-            .field("pending", &self.batch.items.len())
+            .field("pending", &self.batch.len())
             .finish()
     }
 }
@@ -222,8 +195,9 @@ pub async fn run<S: Sink>(
             service: target.service,
             store: OffsetStore::new(&target.group, &target.topic),
             health: ctx.health.clone(),
+            fetcher: Fetcher::new(&target.client, &target.topic),
         }),
-        batch: Batch::with_capacity(args.batch_size as usize),
+        batch: Vec::with_capacity(args.batch_size as usize),
         batch_started: None,
         batch_size: args.batch_size as usize,
         batch_timeout: args.batch_timeout,
@@ -241,15 +215,13 @@ impl<S: Sink> Processor for Ingest<S> {
     }
 
     fn revoked(&mut self, partitions: &[i32]) {
-        let before = self.batch.items.len();
+        let before = self.batch.len();
         self.batch
-            .items
             .retain(|i| !partitions.contains(&i.meta.partition));
-        if self.batch.items.len() < before {
-            tracing::info!(abandoned = before - self.batch.items.len(), "pending messages of revoked partitions abandoned; their new owner reads them again");
+        if self.batch.len() < before {
+            tracing::info!(abandoned = before - self.batch.len(), "pending messages of revoked partitions abandoned; their new owner reads them again");
         }
-        if self.batch.items.is_empty() {
-            self.batch.arena.clear();
+        if self.batch.is_empty() {
             self.batch_started = None;
         }
     }
@@ -261,17 +233,13 @@ impl<S: Sink> Processor for Ingest<S> {
             published_ms: msg.published_ms,
         };
         let content = match self.writer.sink.parse(meta, msg.payload) {
-            Ok(row) => Content::Row(Parsed {
-                row,
-                key: msg.key.map(|k| self.batch.keep(k)),
-                payload: self.batch.keep(msg.payload),
-            }),
+            Ok(row) => Content::Row(row),
             Err(refusal) => Content::Dead(DeadLetter::found(
                 msg.source(self.writer.store.topic()),
                 refusal,
             )),
         };
-        self.batch.items.push(Item { meta, content });
+        self.batch.push(Item { meta, content });
         self.batch_started.get_or_insert(msg.received);
     }
 
@@ -280,7 +248,7 @@ impl<S: Sink> Processor for Ingest<S> {
     }
 
     fn write_due(&self) -> bool {
-        self.batch.items.len() >= self.batch_size
+        self.batch.len() >= self.batch_size
     }
 
     fn start_write(
@@ -288,10 +256,10 @@ impl<S: Sink> Processor for Ingest<S> {
         _probe: Option<&Probe>,
     ) -> anyhow::Result<Option<WriteTask<Written>>> {
         self.batch_started = None;
-        if self.batch.items.is_empty() {
+        if self.batch.is_empty() {
             return Ok(None);
         }
-        let batch = std::mem::replace(&mut self.batch, Batch::with_capacity(self.batch_size));
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(self.batch_size));
         let writer = self.writer.clone();
         Ok(Some(Box::pin(async move { writer.write_all(batch).await })))
     }

@@ -7,8 +7,9 @@
 //! - A batch the database refuses for its data is split in halves, each written on its own (in
 //!   order, so each partition's offsets only move forward), until the refused messages are single:
 //!   each becomes a dead letter (reason `rejected`, with the database's error and the message
-//!   whole) written with its offset. So a refused row costs about 2 log2(batch) transactions, and
-//!   the same refusal is never retried as it was.
+//!   whole, read again from the broker: the batch keeps only parsed rows) written with its offset.
+//!   So a refused row costs about 2 log2(batch) transactions, and the same refusal is never
+//!   retried as it was.
 //! - A dead letter alone that is refused cannot be kept: the write fails and the service stops
 //!   (exit 1) rather than skip it.
 
@@ -16,7 +17,7 @@ use std::{collections::BTreeMap, ops::Range, time::Instant};
 
 use sqlx::Executor;
 
-use super::{Batch, Content, Item, Sink, Statements, Writer};
+use super::{Content, Item, Meta, Sink, Statements, Writer};
 use crate::{
     consumer::{
         dead_letters::{self, DeadLetter, Reason, Refusal, Source},
@@ -55,15 +56,15 @@ impl Written {
 
 impl<S: Sink> Writer<S> {
     /// Writes every message of `batch`: rows, or dead letters for the ones refused.
-    pub(super) async fn write_all(&self, mut batch: Batch<S::Row>) -> anyhow::Result<Written> {
+    pub(super) async fn write_all(&self, mut batch: Vec<Item<S::Row>>) -> anyhow::Result<Written> {
         let mut total = Written::default();
         let mut retrier = Retrier::new(Some(self.health.clone()));
         // Ranges still to write, the next one last.
         let mut todo: Vec<Range<usize>> = Vec::new();
-        todo.push(0..batch.items.len());
+        todo.push(0..batch.len());
         while let Some(range) = todo.pop() {
             let started = Instant::now();
-            let result = self.attempt(&batch.items[range.clone()]).await;
+            let result = self.attempt(&batch[range.clone()]).await;
             total.db_seconds += started.elapsed().as_secs_f64();
             let e = match result {
                 Ok(w) => {
@@ -88,7 +89,8 @@ impl<S: Sink> Writer<S> {
                         todo.push(mid..range.end);
                         todo.push(range.start..mid);
                     } else {
-                        self.refused(&mut batch, range.start, &e)?;
+                        self.refused(&mut batch[range.start], &e, &mut retrier)
+                            .await?;
                         total.rejected += 1;
                         todo.push(range);
                     }
@@ -99,32 +101,51 @@ impl<S: Sink> Writer<S> {
         Ok(total)
     }
 
-    /// Item `i` alone was refused: it becomes a dead letter (an error when it already is one).
-    fn refused(&self, batch: &mut Batch<S::Row>, i: usize, e: &sqlx::Error) -> anyhow::Result<()> {
-        let item = &batch.items[i];
-        let Content::Row(parsed) = &item.content else {
+    /// `item` alone was refused: it becomes a dead letter holding its message whole, read again
+    /// from the broker (retried while the broker does not answer); an error when it already is
+    /// a dead letter.
+    async fn refused(
+        &self,
+        item: &mut Item<S::Row>,
+        e: &sqlx::Error,
+        retrier: &mut Retrier,
+    ) -> anyhow::Result<()> {
+        let Meta {
+            partition, offset, ..
+        } = item.meta;
+        if matches!(item.content, Content::Dead(_)) {
             anyhow::bail!(
-                "the database refused the dead letter of partition {} offset {}: {e} (the dead_letters table must accept any message; check its columns and max_allowed_packet)",
-                item.meta.partition,
-                item.meta.offset
+                "the database refused the dead letter of partition {partition} offset {offset}: {e} (the dead_letters table must accept any message; check its columns and max_allowed_packet)"
             );
+        }
+        let message = loop {
+            match self.fetcher.fetch(partition, offset).await {
+                Ok(m) => break m,
+                Err(fetch) => {
+                    retrier
+                        .wait(
+                            "reading a refused row's message again from the broker",
+                            &fetch,
+                        )
+                        .await
+                }
+            }
         };
-        let slice = |(start, len): (usize, usize)| &batch.arena[start..start + len];
         let letter = DeadLetter::found(
             Source {
                 topic: self.store.topic(),
-                partition: item.meta.partition,
-                offset: item.meta.offset,
-                key: parsed.key.map(slice),
-                payload: slice(parsed.payload),
-                published_ms: item.meta.published_ms,
+                partition,
+                offset,
+                key: message.key.as_deref(),
+                payload: &message.payload,
+                published_ms: message.published_ms.or(item.meta.published_ms),
             },
             Refusal::new(
                 Reason::Rejected,
                 format!("the database refused the row: {e}"),
             ),
         );
-        batch.items[i].content = Content::Dead(letter);
+        item.content = Content::Dead(letter);
         Ok(())
     }
 
@@ -151,7 +172,7 @@ impl<S: Sink> Writer<S> {
         let rows: Vec<&S::Row> = new
             .iter()
             .filter_map(|i| match &i.content {
-                Content::Row(p) => Some(&p.row),
+                Content::Row(r) => Some(r),
                 Content::Dead(_) => None,
             })
             .collect();

@@ -17,8 +17,11 @@ const SERVICES: [&str; 5] = [
 ];
 
 /// Path of service binary `name` in this build's target directory (the test binary lives in
-/// `target/<profile>/deps`). Built when missing, e.g. when one package's tests run alone.
+/// `target/<profile>/deps`). The service binaries are brought up to date once per test process
+/// (`cargo build --bins`, a no-op when they are): a test run of one package must not run the
+/// other packages' binaries as an earlier build left them.
 pub fn service_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
     assert!(SERVICES.contains(&name), "unknown service {name}");
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
@@ -26,18 +29,20 @@ pub fn service_binary(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>/deps")
         .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
+    BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--bins"]);
+        cmd.args(["build", "--bins", "--quiet"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
         for s in SERVICES {
             cmd.args(["-p", s]);
         }
         let status = cmd.status().expect("running cargo build");
         assert!(status.success(), "building the service binaries");
-    }
-    path
+    });
+    dir.join(name)
 }
 
 /// A directory for one test's service logs: `$COINSTREAM_TEST_LOG_DIR/<test>` when set (kept),
@@ -125,6 +130,37 @@ pub fn signal(child: &Child, name: &str) {
     let _ = Command::new("kill")
         .args([format!("-{name}"), child.id().to_string()])
         .status();
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped: a test that fails half-way leaves no
+/// service running behind it.
+#[derive(Debug)]
+pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            kill(&mut self.0);
+        }
+    }
+}
+
+/// Spawns `cmd` as a [`Running`] child.
+pub fn spawn_running(cmd: &mut Command) -> Running {
+    Running(cmd.spawn().expect("starting a service"))
 }
 
 /// SIGKILLs a child and reaps it.

@@ -64,6 +64,8 @@ pub async fn run<P: Processor>(
         topic = %target.topic, group = %target.group,
         group_instance_id = ?args.group_instance_id, "consuming"
     );
+    // Rendered (at 0) from the start, like the other per-topic series.
+    crate::metrics::SKIPPED_OFFSETS.with_label_values(&[target.topic.as_str()]);
     let now = Instant::now();
     let mut rt = Runtime {
         processor,
