@@ -1,37 +1,31 @@
-//! Shared parts of the coinstream services.
+//! common: the shared core of the coinstream services (the consumer runtime is the `consumer`
+//! crate; the test kit is `testkit`, a dev-dependency).
 //!
 //! - [`model`]: the rate update on `raw_coin_data` (CoinAPI JSON), pairs and asset ids.
-//! - [`config`]: settings from flags, environment and `.env`; secrets; bad settings exit 2.
+//! - [`config`]: settings from flags, environment and `.env` (values, MySQL, Kafka and their
+//!   security, logging); secrets; bad settings exit 2.
 //! - [`db`]: MySQL pool with start-up retry, embedded migrations.
 //! - [`kafka`]: producer/consumer defaults, idempotent topic creation.
-//! - [`consumer`]: the one consumer runtime (offsets in MySQL, rebalances, watchdog, drained
-//!   exit) behind raw-consumer, update-counter and the stream aggregator; [`ingest`]: its batch
-//!   processor for services that only parse and write rows.
 //! - [`window`]: the validated window spec and the window result message.
-//! - [`stats`]: typed statistics rows; [`exit`]: the exit statuses.
+//! - [`figures`]: what a service reports about itself; [`exit`]: the exit statuses.
 //! - [`retry`]: database errors classified (transient or rejected) and the one retry loop.
-//! - [`metrics`]: Prometheus metrics; [`observe`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: the Prometheus registry and its conventions; [`observe`]: `/metrics`,
+//!   `/healthz`, `/readyz`.
 //! - [`telemetry`]: tracing setup with the service name on every line.
 //! - [`shutdown`]: SIGINT/SIGTERM to a cancellation token.
-//! - `testing` (feature `testing`): a fresh database and unique topics per test.
 
 pub mod backoff;
 pub mod config;
-pub mod consumer;
 pub mod db;
 pub mod exit;
-pub mod ingest;
+pub mod figures;
 pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod observe;
 pub mod retry;
-pub mod security;
 pub mod shutdown;
-pub mod stats;
 pub mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod window;
 
 use std::process::ExitCode;

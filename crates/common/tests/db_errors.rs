@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
-use common::{
-    retry::{classify, Failure},
-    testing::{proxy::FaultProxy, test_mysql_url, TestDb},
-};
+use common::retry::{classify, Failure};
 use sqlx::{mysql::MySqlPoolOptions, Connection, Executor, MySqlConnection};
+use testkit::{proxy::FaultProxy, test_mysql_url, TestDb};
 
 async fn error_of(conn: &mut MySqlConnection, sql: &str) -> sqlx::Error {
     conn.execute(sql)

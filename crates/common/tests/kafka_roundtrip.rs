@@ -6,7 +6,6 @@ use std::time::Duration;
 use chrono::Utc;
 use common::{
     kafka::{consumer_config, producer_config},
-    testing::TestKafka,
     ModelError, RateUpdate,
 };
 use rdkafka::{
@@ -14,6 +13,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     Message,
 };
+use testkit::TestKafka;
 
 async fn send(producer: &FutureProducer, topic: &str, key: &str, payload: &[u8]) {
     producer

@@ -1,8 +1,8 @@
 //! Migrations on a real MySQL-compatible server: they apply, are idempotent, survive concurrent
 //! start-ups, and give the keys the original lacked.
 
-use common::testing::TestDb;
 use sqlx::Row;
+use testkit::TestDb;
 
 async fn tables(db: &TestDb) -> Vec<String> {
     sqlx::query("SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() ORDER BY table_name")

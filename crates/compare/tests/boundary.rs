@@ -23,20 +23,18 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use common::{
-    testing::{
-        proxy::FaultProxy,
-        service_command,
-        services::{
-            log_dir, log_to, service_binary, spawn_running, tail, terminate, wait_for,
-            wait_for_log, Running,
-        },
-        TestDb, TestKafka,
-    },
-    Pair, RateUpdate,
-};
+use common::{Pair, RateUpdate};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use testkit::{
+    proxy::FaultProxy,
+    service_command,
+    services::{
+        log_dir, log_to, service_binary, spawn_running, tail, terminate, wait_for, wait_for_log,
+        Running,
+    },
+    TestDb, TestKafka,
+};
 
 const PAIRS: [&str; 5] = ["BTC/USD", "ETH/USD", "SOL/USD", "BTC/EUR", "XRP/USD"];
 const WINDOW_US: i64 = 10_000_000;

@@ -17,15 +17,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    testing::{
-        broker::PrivateBroker,
-        services::{kill, log_dir, log_to, pipeline_command, service_binary, tail, wait_for},
-        TestDb, TestKafka,
-    },
-    RateUpdate,
-};
+use common::RateUpdate;
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
+use testkit::{
+    broker::PrivateBroker,
+    services::{kill, log_dir, log_to, pipeline_command, service_binary, tail, wait_for},
+    TestDb, TestKafka,
+};
 
 const RATE: u32 = 300;
 const SECONDS: u32 = 65;

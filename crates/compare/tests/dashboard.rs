@@ -17,15 +17,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::proxy::FaultProxy;
-use common::testing::{
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{json, Value};
+use testkit::proxy::FaultProxy;
+use testkit::{
     prometheus::free_port,
     service_command,
     services::{log_dir, log_to, pipeline_command, terminate, wait_for},
     TestDb, TestKafka,
 };
-use fantoccini::{Client, ClientBuilder};
-use serde_json::{json, Value};
 
 /// How soon a window row must reach the page.
 const PAGE_DEADLINE: Duration = Duration::from_secs(2);
@@ -51,10 +51,8 @@ impl Browser {
             .stderr(log_to(logs, "chromedriver"))
             .spawn()
             .expect("chromedriver starts");
-        let profile = std::env::temp_dir().join(format!(
-            "coinstream-chromium-{}",
-            common::testing::unique_suffix()
-        ));
+        let profile =
+            std::env::temp_dir().join(format!("coinstream-chromium-{}", testkit::unique_suffix()));
         let caps = json!({
             "goog:loggingPrefs": { "browser": "ALL" },
             "goog:chromeOptions": {

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::testing::{
+use testkit::{
     service_command,
     services::{log_dir, log_to, pipeline_command},
     TestDb, TestKafka,

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 
-use common::{testing::TestDb, window::WindowSpec};
+use common::window::WindowSpec;
 use compare::{
     accuracy::{Agg, Key},
     batch::{self, Scope, REREAD_IDS},
     incremental::{self, BatchMode},
 };
+use testkit::TestDb;
 
 const GROUP: &str = "agg";
 const PAIRS: i64 = 5;

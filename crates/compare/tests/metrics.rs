@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::testing::{
+use testkit::{
     prometheus::{free_port, PrivatePrometheus},
     services::{kill, log_dir, log_to, pipeline_command, service_binary, tail, wait_for},
     TestDb, TestKafka,

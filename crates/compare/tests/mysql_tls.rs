@@ -19,18 +19,16 @@ use std::{
 };
 
 use clap::Parser;
-use common::{
-    config::MySqlArgs,
-    testing::{
-        mariadb::{MariaDbOptions, PrivateMariaDb, ServerTls},
-        unique_suffix,
-    },
-};
+use common::config::MySqlArgs;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use sqlx::{ConnectOptions, Connection};
+use testkit::{
+    mariadb::{MariaDbOptions, PrivateMariaDb, ServerTls},
+    unique_suffix,
+};
 
 /// A CA of this test's own: its certificate (PEM) and what signs with it.
 fn new_ca(name: &str) -> (String, Issuer<'static, KeyPair>) {

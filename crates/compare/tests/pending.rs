@@ -11,11 +11,11 @@ mod lagging;
 
 use std::time::{Duration, Instant};
 
-use common::testing::{service_command, TestDb};
 use compare::SourceArgs;
 use lagging::{GROUP, RAW_GROUP, SEC, T0, WATERMARK};
 use serde_json::Value;
 use sqlx::{ConnectOptions, Executor};
+use testkit::{service_command, TestDb};
 
 /// `compare --format json --fail-on-mismatch` with these groups: exit code and report.
 fn compare(db: &TestDb, raw_group: &str) -> (Option<i32>, Value, String) {

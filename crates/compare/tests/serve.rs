@@ -19,15 +19,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::testing::{
+use lagging::{GROUP, RAW_GROUP, SEC, T0, WINDOW};
+use serde_json::Value;
+use sqlx::{ConnectOptions, Executor};
+use testkit::{
     prometheus::free_port,
     service_command,
     services::{log_dir, log_to, tail},
     TestDb,
 };
-use lagging::{GROUP, RAW_GROUP, SEC, T0, WINDOW};
-use serde_json::Value;
-use sqlx::{ConnectOptions, Executor};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Serve {

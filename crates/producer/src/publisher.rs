@@ -58,7 +58,7 @@ struct Failed {
 
 /// Delivery outcomes, shared between the callback thread and the publisher.
 #[derive(Debug, Default)]
-pub struct DeliveryStats {
+pub struct DeliveryFigures {
     pub delivered: AtomicU64,
     pub retried: AtomicU64,
     /// Deliveries that failed (a re-sent message counts each time).
@@ -71,11 +71,11 @@ pub struct DeliveryStats {
     epoch: Option<Instant>,
 }
 
-impl DeliveryStats {
+impl DeliveryFigures {
     fn new() -> Self {
-        DeliveryStats {
+        DeliveryFigures {
             epoch: Some(Instant::now()),
-            ..DeliveryStats::default()
+            ..DeliveryFigures::default()
         }
     }
 
@@ -98,7 +98,7 @@ impl DeliveryStats {
 
 /// The producer context: records each delivery result.
 #[derive(Debug, Clone)]
-pub struct DeliveryContext(Arc<DeliveryStats>);
+pub struct DeliveryContext(Arc<DeliveryFigures>);
 
 impl ClientContext for DeliveryContext {
     /// Only looks for the idempotent producer's state; the statistics are not otherwise used.
@@ -111,7 +111,7 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    /// When the message first failed (see [`DeliveryStats::opaque`]).
+    /// When the message first failed (see [`DeliveryFigures::opaque`]).
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
@@ -148,7 +148,7 @@ const PID_WAIT: Duration = Duration::from_secs(10);
 pub struct Publisher {
     producer: ThreadedProducer<DeliveryContext>,
     topic: String,
-    stats: Arc<DeliveryStats>,
+    stats: Arc<DeliveryFigures>,
     key_buf: Vec<u8>,
     value_buf: Vec<u8>,
     sent: u64,
@@ -174,7 +174,7 @@ impl Publisher {
     /// producer id, so the first updates are not held (and timed) while the client starts: librdkafka
     /// asks for the id only 500 ms after it starts and holds every message until it has one.
     pub fn with_config(config: &ClientConfig, topic: &str) -> Result<Self, PublishError> {
-        let stats = Arc::new(DeliveryStats::new());
+        let stats = Arc::new(DeliveryFigures::new());
         let mut config = config.clone();
         // The producer id is visible only in the statistics; every 100 ms they cost nothing. A
         // statistics interval set by hand is kept (and waited on only if it is short).

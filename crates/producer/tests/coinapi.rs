@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use common::{model::format_time, testing::TestKafka, RateUpdate};
+use common::{model::format_time, RateUpdate};
 use producer::{
-    coinapi::CoinApiClient,
-    poller::{PollError, Poller, PollerConfig, RoundReport},
     publisher::Publisher,
+    sources::rest::client::CoinApiClient,
+    sources::rest::poller::{PollError, Poller, PollerConfig, RoundReport},
 };
+use testkit::TestKafka;
 use tokio_util::sync::CancellationToken;
 use wiremock::{
     matchers::{header, method, path, query_param},

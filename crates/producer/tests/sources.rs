@@ -9,10 +9,8 @@ use std::{
     time::Duration,
 };
 
-use common::{
-    testing::{TestDb, TestKafka, TopicRecord},
-    RateUpdate,
-};
+use common::RateUpdate;
+use testkit::{TestDb, TestKafka, TopicRecord};
 
 fn producer(db: &TestDb, kafka: &TestKafka, topic: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_producer"));
@@ -180,8 +178,7 @@ async fn replay_publishes_good_lines_and_reports_bad_ones() {
         }
     }
     lines.push(r#"{"asset_id_base":"ETH","rates":[{"time":"2024-08-05T14:00:00.0000000Z","asset_id_quote":"USD","rate":3000.5}]}"#.into());
-    let path =
-        std::env::temp_dir().join(format!("replay-{}.jsonl", common::testing::unique_suffix()));
+    let path = std::env::temp_dir().join(format!("replay-{}.jsonl", testkit::unique_suffix()));
     std::fs::write(&path, lines.join("\n")).unwrap();
     let out = run(producer(
         &db,
@@ -324,7 +321,7 @@ fn coinapi_without_key_is_a_config_error() {
 async fn runs_without_a_database_and_keeps_statistics_in_the_log() {
     let kafka = TestKafka::new();
     let topic = kafka.create_topic("raw", 3).await;
-    let closed = common::testing::prometheus::free_port().to_string();
+    let closed = testkit::prometheus::free_port().to_string();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_producer"));
     cmd.args(["--topic", &topic, "--source", "simulate", "--count", "300"])
         .args([

@@ -23,16 +23,14 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use common::{
-    testing::{
-        prometheus::free_port,
-        services::{log_dir, log_to, tail, terminate, wait_for, wait_for_log},
-        TestKafka,
-    },
-    RateUpdate,
-};
+use common::RateUpdate;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use testkit::{
+    prometheus::free_port,
+    services::{log_dir, log_to, tail, terminate, wait_for, wait_for_log},
+    TestKafka,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::{tungstenite::Message, WebSocketStream};
 

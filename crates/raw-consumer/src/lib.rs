@@ -8,11 +8,13 @@ use std::fmt::Write as _;
 use clap::Parser;
 use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
-    consumer::dead_letters::Refusal,
-    ingest::{IngestArgs, Meta, Service, Sink, Statements},
     model::push_sql_datetime,
     observe::ObserveArgs,
     Context, RateUpdate,
+};
+use consumer::{
+    dead_letters::Refusal,
+    ingest::{IngestArgs, Meta, Service, Sink, Statements},
 };
 
 /// Settings of the raw consumer.
@@ -117,7 +119,7 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
         kafka: &settings.kafka,
         mysql: &settings.mysql,
     };
-    common::ingest::serve(RawSink, service, &settings.ingest, ctx).await
+    consumer::ingest::serve(RawSink, service, &settings.ingest, ctx).await
 }
 
 #[cfg(test)]
@@ -153,7 +155,7 @@ mod tests {
 
     #[test]
     fn parse_errors_become_dead_letters_with_a_reason() {
-        use common::consumer::dead_letters::Reason;
+        use consumer::dead_letters::Reason;
         let meta = Meta {
             partition: 0,
             offset: 0,

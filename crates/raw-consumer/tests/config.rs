@@ -95,7 +95,7 @@ fn unreachable_mysql_is_reported_without_password() {
 #[test]
 fn mysql_tls_required_without_tls_fails_at_once_naming_it_without_the_password() {
     // The test server has no TLS.
-    let url = common::testing::test_mysql_url();
+    let url = testkit::test_mysql_url();
     let started = std::time::Instant::now();
     let (code, err) = run_with(
         &[
@@ -124,14 +124,14 @@ fn mysql_tls_required_without_tls_fails_at_once_naming_it_without_the_password()
 
 #[tokio::test]
 async fn kafka_tls_against_a_plaintext_broker_fails_fast_naming_the_setting() {
-    let db = common::testing::TestDb::new().await;
+    let db = testkit::TestDb::new().await;
     let started = std::time::Instant::now();
     let (code, err) = run_with(
         &[
             ("DATABASE_URL", &db.database_url()),
             (
                 "KAFKA_BOOTSTRAP_SERVERS",
-                &common::testing::test_bootstrap_servers(),
+                &testkit::test_bootstrap_servers(),
             ),
             ("KAFKA_SECURITY_PROTOCOL", "ssl"),
             ("KAFKA_CONNECT_TIMEOUT", "120s"),

@@ -6,9 +6,9 @@ mod support;
 
 use std::{process::Stdio, time::Duration};
 
-use common::testing::{TestDb, TestKafka};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use support::{assert_exact, consumer, finish, messages, spawn, table, updates};
+use testkit::{TestDb, TestKafka};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicates_and_replays_collapse_to_the_distinct_updates() {

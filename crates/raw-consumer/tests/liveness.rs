@@ -11,14 +11,14 @@ mod support;
 
 use std::{process::Stdio, time::Duration};
 
-use common::testing::{
+use support::{assert_exact, consumer, messages, table, updates};
+use testkit::{
     services::{
         holds_partitions, kill, kill_when_ready_and_restart, log_dir, log_to, signal, tail,
         wait_for, wait_for_log_matching,
     },
     TestDb, TestKafka,
 };
-use support::{assert_exact, consumer, messages, table, updates};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_and_immediate_restart_drains_within_60_s() {

@@ -8,34 +8,32 @@
 //!   partition); semantics in its docs and the README.
 //! - [`partitions`]: ownership. An assigned partition is restored from MySQL, which also claims
 //!   it (an ownership epoch that fences every earlier owner's writes, including one in flight).
-//! - [`flush`]: every `--flush-interval` one transaction holds the `stream_agg` upserts, late
-//!   events, dead letters, the duplicate log, each touched partition's open-window state, its
-//!   next offset and the emissions as an outbox; written in the background.
+//!   Its flushes (`aggregator::flush`): every `--flush-interval` one transaction holds the
+//!   `stream_agg` upserts, late events, dead letters, the duplicate log, each touched partition's
+//!   open-window state, its next offset and the emissions as an outbox; written in the background.
 //! - [`outbox`]: after the commit the emissions are published to the output topic (at least
 //!   once: the outbox is re-published after a crash).
 //! - [`probation`]: a flush the database refused, narrowed down to the messages behind it.
 //! - [`replay`]: `--replay-dead-letters`, the partition's letters applied to its stored state.
-//! - [`store`]: the MySQL side and the stored formats; [`stats`]: figures and latency.
+//! - [`store`]: the MySQL side and the stored formats; [`figures`]: figures and latency;
+//!   [`metrics`]: the aggregator's own Prometheus series.
 
 pub mod aggregator;
 pub mod engine;
-pub mod flush;
+pub mod figures;
+pub mod metrics;
 pub mod outbox;
 pub mod partitions;
 pub mod probation;
 pub mod replay;
 mod seen_times;
 pub mod settings;
-pub mod stats;
 pub mod store;
 
 use std::time::Duration;
 
-use common::{
-    consumer::{offsets::OffsetStore, Target},
-    window::WindowSpec,
-    Context,
-};
+use common::{window::WindowSpec, Context};
+use consumer::{offsets::OffsetStore, Target};
 use rdkafka::producer::FutureProducer;
 
 pub use settings::Settings;
@@ -68,6 +66,7 @@ pub struct Config {
 
 /// Runs the aggregator until `shutdown` (or drained, `--exit-idle`).
 pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
+    metrics::init();
     let config = Config {
         spec: settings.spec()?,
         lateness_us: settings.lateness_us(),
@@ -99,8 +98,7 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     let outbox = Outbox::new(producer, &settings.output_topic);
     let mut aggregator =
         Aggregator::new(config, pool.clone(), offsets, outbox, ctx.health.clone())?;
-    let result =
-        common::consumer::run(&mut aggregator, &target, &pool, &settings.consumer, &ctx).await;
+    let result = consumer::run(&mut aggregator, &target, &pool, &settings.consumer, &ctx).await;
     tracing::info!(figures = ?aggregator.figures(), "stream-aggregator stopped");
     common::db::close(&pool).await;
     result.map(|_| ())

@@ -8,10 +8,8 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use common::{
-    consumer::dead_letters::DeadLetter, consumer::offsets::OffsetStore, observe::Health,
-    retry::retry, window::WindowResult,
-};
+use common::{observe::Health, retry::retry, window::WindowResult};
+use consumer::{dead_letters::DeadLetter, offsets::OffsetStore};
 use sqlx::MySqlPool;
 
 use crate::{

@@ -10,15 +10,15 @@
 use std::collections::BTreeMap;
 
 use common::{
-    consumer::dead_letters::{self, ReplayOutcome, Stored},
     retry::{classify_any, Failure, Retrier},
     Context, RateEvent,
 };
+use consumer::dead_letters::{self, ReplayOutcome, Stored};
 use sqlx::MySqlPool;
 
 use crate::{
+    aggregator::part_flush,
     engine::Applied,
-    flush::part_flush,
     partitions::{self, Part},
     store::{self, FlushOutcome, LateRow},
     Config, Settings, SERVICE,
@@ -30,7 +30,7 @@ pub async fn command(settings: &Settings, config: &Config, ctx: &Context) -> any
     let result = if settings.replay.list {
         dead_letters::list(&pool, SERVICE, &settings.group, &settings.replay).await
     } else {
-        let offsets = common::consumer::offsets::OffsetStore::new(&settings.group, &settings.topic);
+        let offsets = consumer::offsets::OffsetStore::new(&settings.group, &settings.topic);
         replay(&pool, &offsets, config, settings, ctx).await
     };
     common::db::close(&pool).await;
@@ -39,7 +39,7 @@ pub async fn command(settings: &Settings, config: &Config, ctx: &Context) -> any
 
 async fn replay(
     pool: &MySqlPool,
-    offsets: &common::consumer::offsets::OffsetStore,
+    offsets: &consumer::offsets::OffsetStore,
     config: &Config,
     settings: &Settings,
     ctx: &Context,
@@ -135,7 +135,7 @@ async fn apply(
 #[allow(clippy::too_many_arguments)]
 async fn write(
     pool: &MySqlPool,
-    offsets: &common::consumer::offsets::OffsetStore,
+    offsets: &consumer::offsets::OffsetStore,
     part: &mut Part,
     p: i32,
     config: &Config,

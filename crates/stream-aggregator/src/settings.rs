@@ -3,11 +3,9 @@
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use common::config::{
-    non_empty, parse_duration, ConfigError, ConsumerArgs, KafkaArgs, MySqlArgs, TelemetryArgs,
-};
-use common::consumer::dead_letters::ReplayArgs;
+use common::config::{non_empty, parse_duration, ConfigError, KafkaArgs, MySqlArgs, TelemetryArgs};
 use common::observe::ObserveArgs;
+use consumer::{dead_letters::ReplayArgs, ConsumerArgs};
 
 use crate::engine::{Mode, WindowSpec};
 

@@ -3,12 +3,14 @@
 //! (Before the epochs, the late write of the former owner won and the new owner, fenced instead,
 //! dropped the messages it had already read.)
 
-use common::{consumer::offsets::OffsetStore, testing::TestDb, window::WindowSpec, Pair};
+use common::{window::WindowSpec, Pair};
+use consumer::offsets::OffsetStore;
 use stream_aggregator::{
+    aggregator::to_result,
     engine::{Mode, PartitionEngine},
-    flush::to_result,
     store::{self, FlushOutcome, PartFlush},
 };
+use testkit::TestDb;
 
 const GROUP: &str = "g";
 const TOPIC: &str = "t";

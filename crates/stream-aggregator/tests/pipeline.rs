@@ -11,15 +11,13 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use common::{
-    testing::{
-        consumer_command,
-        services::{kill_when_ready_and_restart, log_dir, tail},
-        TestDb, TestKafka,
-    },
-    Pair, RateUpdate,
-};
+use common::{Pair, RateUpdate};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
+use testkit::{
+    consumer_command,
+    services::{kill_when_ready_and_restart, log_dir, tail},
+    TestDb, TestKafka,
+};
 
 const PAIRS: [&str; 5] = ["BTC/USD", "ETH/USD", "SOL/USD", "BTC/EUR", "XRP/USD"];
 const WINDOW_S: i64 = 10;

@@ -11,12 +11,14 @@ use std::{collections::HashMap, fmt::Write as _};
 use clap::Parser;
 use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
-    consumer::dead_letters::Refusal,
-    ingest::{IngestArgs, Meta, Service, Sink, Statements},
     model::push_sql_datetime,
     observe::ObserveArgs,
     window::{WindowBounds, WindowResult},
     AssetId, Context,
+};
+use consumer::{
+    dead_letters::Refusal,
+    ingest::{IngestArgs, Meta, Service, Sink, Statements},
 };
 
 /// Settings of the update counter.
@@ -142,7 +144,7 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
         kafka: &settings.kafka,
         mysql: &settings.mysql,
     };
-    common::ingest::serve(CountSink, service, &settings.ingest, ctx).await
+    consumer::ingest::serve(CountSink, service, &settings.ingest, ctx).await
 }
 
 #[cfg(test)]

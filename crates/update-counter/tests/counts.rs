@@ -6,15 +6,15 @@ use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use chrono::{DateTime, Utc};
 use common::{
-    testing::{
-        consumer_command,
-        services::{kill_when_ready_and_restart, log_dir, tail},
-        TestDb, TestKafka,
-    },
     window::{WindowBounds, WindowResult},
     AssetId,
 };
 use rand::{rngs::SmallRng, seq::SliceRandom, SeedableRng};
+use testkit::{
+    consumer_command,
+    services::{kill_when_ready_and_restart, log_dir, tail},
+    TestDb, TestKafka,
+};
 
 fn emission(pair: (&str, &str), window: i64, count: u64, is_final: bool) -> WindowResult {
     let start = DateTime::from_timestamp(1_722_864_000 + window * 300, 0).unwrap();

@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let secs = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    let usage = common::stats::process_usage();
+    let usage = common::figures::process_usage();
     println!(
         "messages={total} seconds={secs:.3} messages_per_second={:.0} cpu_seconds={:.3} peak_rss_mb={:.1}",
         total as f64 / secs,

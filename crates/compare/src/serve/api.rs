@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
 use super::{assets, conn::Client, Event, Shared};
-use crate::{batch::Batch, queries, Sides};
+use crate::{batch::Batch, queries, report::Sides};
 
 /// Events waiting for one client at most: beyond, it is cut.
 pub const CLIENT_QUEUE: usize = 64;
@@ -247,7 +247,7 @@ async fn report(State(s): State<Arc<Shared>>) -> Response {
         seconds: batch_seconds,
         raw_rows,
     };
-    let report = crate::assemble(Sides {
+    let report = crate::report::assemble(Sides {
         group: &group,
         spec,
         stream: &stream,

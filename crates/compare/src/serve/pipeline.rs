@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use common::stats::{Details, LatencyFigures};
+use common::figures::{LatencyFigures, SpecificFigures};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
@@ -24,7 +24,7 @@ pub struct StatsRow {
     pub consumer_lag: Option<i64>,
     pub cpu_seconds: f64,
     pub peak_rss_bytes: i64,
-    pub details: Details,
+    pub details: SpecificFigures,
 }
 
 /// One service on the panel.
@@ -292,7 +292,7 @@ pub async fn read(pool: &MySqlPool, cursor: i64) -> anyhow::Result<(Vec<StatsRow
                     peak_rss_bytes,
                     details: details
                         .as_deref()
-                        .map(Details::from_json)
+                        .map(SpecificFigures::from_json)
                         .unwrap_or_default(),
                 },
             )
@@ -317,7 +317,7 @@ mod tests {
             consumer_lag: Some(5),
             cpu_seconds: 1.0,
             peak_rss_bytes: 10 << 20,
-            details: Details::default(),
+            details: SpecificFigures::default(),
         }
     }
 

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use common::testing::TestDb;
 use sqlx::{Connection, MySqlConnection};
+use testkit::TestDb;
 
 /// 2024-08-05 12:00:00 UTC, µs.
 pub const T0: i64 = 1_722_859_200_000_000;

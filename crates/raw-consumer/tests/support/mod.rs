@@ -8,11 +8,9 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use common::{
-    testing::{consumer_command, TestDb, TestKafka},
-    Pair, RateUpdate,
-};
+use common::{Pair, RateUpdate};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
+use testkit::{consumer_command, TestDb, TestKafka};
 
 pub const PAIRS: [&str; 6] = [
     "BTC/USD", "ETH/USD", "SOL/USD", "BTC/EUR", "ETH/EUR", "XRP/USD",

@@ -1,0 +1,179 @@
+//! Restoring a partition: claiming it (its ownership epoch) and reading its offset, state,
+//! duplicate log and outbox in one transaction.
+
+use common::{
+    window::{WindowResult, WindowSpec},
+    Pair,
+};
+use consumer::offsets::OffsetStore;
+use sqlx::MySqlPool;
+
+use super::{seen_codec, StoredState};
+use crate::engine::PartitionEngine;
+
+/// A partition as restored from MySQL.
+#[derive(Debug)]
+pub struct Restored {
+    /// The ownership epoch this restore claimed (see `aggregator_owner`).
+    pub epoch: i64,
+    pub engine: PartitionEngine,
+    pub next_offset: Option<i64>,
+    pub seen_seq: i64,
+    /// Results committed before but maybe not published.
+    pub unpublished: Vec<WindowResult>,
+}
+
+/// The stored spec differs from the configured one.
+#[derive(Debug, thiserror::Error)]
+#[error("partition {partition} of group {group} holds state built with a {stored:?} window and {stored_lateness} µs watermark; this run has {configured:?} and {configured_lateness} µs. Use another AGGREGATOR_GROUP (or delete its aggregator_state rows) to change the window.")]
+pub struct SpecMismatch {
+    pub group: String,
+    pub partition: i32,
+    pub stored: WindowSpec,
+    pub stored_lateness: i64,
+    pub configured: WindowSpec,
+    pub configured_lateness: i64,
+}
+/// `aggregator_state` columns: seen_seq, state, unpublished.
+type StateRow = (i64, Vec<u8>, Option<Vec<u8>>);
+
+/// Claims a partition (raising its ownership epoch, which fences every earlier owner's writes)
+/// and loads its offset, state and duplicate log, in one transaction; a fresh engine when there
+/// is no state.
+pub async fn restore(
+    pool: &MySqlPool,
+    offsets: &OffsetStore,
+    partition: i32,
+    spec: WindowSpec,
+    lateness: i64,
+) -> anyhow::Result<Restored> {
+    let (group, topic) = (offsets.group(), offsets.topic());
+    let mut tx = pool.begin().await?;
+    // The claim waits for a flush holding the owner row; the locking reads below then see what
+    // that flush committed.
+    sqlx::query(
+        "INSERT INTO aggregator_owner (consumer_group, topic, kafka_partition, epoch, claimed_at) \
+         VALUES (?, ?, ?, 1, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE epoch = epoch + 1, claimed_at = VALUES(claimed_at)",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .execute(&mut *tx)
+    .await?;
+    let (epoch,): (i64,) = sqlx::query_as(
+        "SELECT epoch FROM aggregator_owner WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? FOR UPDATE",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_one(&mut *tx)
+    .await?;
+    let next_offset = offsets
+        .lock(&mut tx, &[partition])
+        .await?
+        .get(&partition)
+        .copied();
+    let row: Option<StateRow> = sqlx::query_as(
+        "SELECT seen_seq, state, unpublished FROM aggregator_state \
+         WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? FOR UPDATE",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((seen_seq, state, unpublished)) = row else {
+        tx.commit().await?;
+        return Ok(Restored {
+            epoch,
+            engine: PartitionEngine::new(spec, lateness),
+            next_offset,
+            seen_seq: 0,
+            unpublished: Vec::new(),
+        });
+    };
+    let logs: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT times FROM aggregator_seen WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? ORDER BY seq",
+    )
+    .bind(group)
+    .bind(topic)
+    .bind(partition)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let engine = decode_engine(group, partition, &state, &logs, spec, lateness)?;
+    Ok(Restored {
+        epoch,
+        engine,
+        next_offset,
+        seen_seq,
+        unpublished: decode_outbox(unpublished.as_deref())?,
+    })
+}
+
+/// Rebuilds an engine from its stored state and duplicate log, checking the spec.
+fn decode_engine(
+    group: &str,
+    partition: i32,
+    state: &[u8],
+    logs: &[(Vec<u8>,)],
+    spec: WindowSpec,
+    lateness: i64,
+) -> anyhow::Result<PartitionEngine> {
+    let stored: StoredState = serde_json::from_slice(state)?;
+    if stored.spec != spec || stored.lateness_us != lateness {
+        return Err(SpecMismatch {
+            group: group.to_owned(),
+            partition,
+            stored: stored.spec,
+            stored_lateness: stored.lateness_us,
+            configured: spec,
+            configured_lateness: lateness,
+        }
+        .into());
+    }
+    let mut seen: Vec<(Pair, i64)> = Vec::new();
+    for (bytes,) in logs {
+        seen.extend(seen_codec::decode(bytes).ok_or_else(|| {
+            anyhow::anyhow!("aggregator_seen of partition {partition} is corrupt")
+        })?);
+    }
+    Ok(PartitionEngine::restore(
+        spec,
+        lateness,
+        &stored.snapshot,
+        seen,
+    )?)
+}
+
+/// The outbox: results whose publication was not confirmed.
+fn decode_outbox(bytes: Option<&[u8]>) -> anyhow::Result<Vec<WindowResult>> {
+    let Some(bytes) = bytes.filter(|b| !b.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let messages: Vec<String> = serde_json::from_slice(bytes)?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| WindowResult::from_json(m.as_bytes()).ok())
+        .collect())
+}
+
+pub(super) fn encode_outbox(results: &[WindowResult]) -> Vec<u8> {
+    let messages: Vec<String> = results.iter().map(WindowResult::to_json).collect();
+    serde_json::to_vec(&messages).expect("strings always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_round_trips_and_tolerates_absence() {
+        let r = WindowResult::from_json(br#"{"window":{"start":"2024-08-05T13:35:00Z","end":"2024-08-05T13:40:00Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":3,"avg_rate":2.0,"min_rate":1.0,"max_rate":3.0,"sum_rate":6.0,"is_final":true}"#).unwrap();
+        let bytes = encode_outbox(&[r.clone(), r.clone()]);
+        assert_eq!(decode_outbox(Some(&bytes)).unwrap(), vec![r.clone(), r]);
+        assert!(decode_outbox(None).unwrap().is_empty());
+        assert!(decode_outbox(Some(b"")).unwrap().is_empty());
+        assert!(decode_outbox(Some(b"{")).is_err());
+    }
+}
