@@ -141,7 +141,7 @@ mod tests {
             "rendered before the first increment: {text}"
         );
         assert!(
-            text.contains("test_latency_seconds_bucket{le=\"0.025\",service=\"test-service\"} 1"),
+            text.contains("test_latency_seconds_bucket{service=\"test-service\",le=\"0.025\"} 1"),
             "{text}"
         );
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
