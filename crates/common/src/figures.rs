@@ -182,6 +182,8 @@ pub struct FiguresRecorder {
     pool: MySqlPool,
     service: &'static str,
     instance: String,
+    /// The consumer group the service runs in (none for the producer).
+    group: Option<String>,
     started_at: DateTime<Utc>,
     background: std::sync::Arc<std::sync::Mutex<Background>>,
 }
@@ -202,9 +204,17 @@ impl FiguresRecorder {
             pool,
             service,
             instance,
+            group: None,
             started_at,
             background: Default::default(),
         }
+    }
+
+    /// The recorder of a service consuming in `group`: its rows say so, and compare reads only
+    /// its own group's services.
+    pub fn with_group(mut self, group: &str) -> Self {
+        self.group = Some(group.to_owned());
+        self
     }
 
     /// Stores the counters in the background (after the insert still running, if any: only the
@@ -293,12 +303,13 @@ impl FiguresRecorder {
         let usage = process_usage();
         let details = (c.details != SpecificFigures::default()).then(|| c.details.to_json());
         sqlx::query(
-            "INSERT INTO service_stats (service, instance, recorded_at, started_at, events_in, events_out, \
-             dead_letters, late_events, consumer_lag, cpu_seconds, peak_rss_bytes, details) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO service_stats (service, instance, consumer_group, recorded_at, started_at, events_in, \
+             events_out, dead_letters, late_events, consumer_lag, cpu_seconds, peak_rss_bytes, details) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(self.service)
         .bind(&self.instance)
+        .bind(self.group.as_deref())
         .bind(Utc::now().naive_utc())
         .bind(self.started_at.naive_utc())
         .bind(c.events_in as i64)

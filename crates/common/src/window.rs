@@ -20,7 +20,7 @@ use crate::{
 /// Constructed only through [`WindowSpec::from_settings`] (checked: size at least 1 ms, slide
 /// positive, at most the size and dividing it) or the infallible [`WindowSpec::tumbling`] /
 /// [`WindowSpec::sliding`] for values known to be valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WindowSpec {
     pub size_us: i64,
     pub slide_us: i64,
@@ -80,6 +80,54 @@ impl WindowSpec {
     pub fn last_end(&self, t: i64) -> i64 {
         t.div_euclid(self.slide_us) * self.slide_us + self.size_us
     }
+
+    /// End of the earliest window covering `t`.
+    pub fn first_end(&self, t: i64) -> i64 {
+        self.last_end(t) - self.size_us + self.slide_us
+    }
+
+    /// The spec as written in settings: `1m`, `1h/1m`.
+    pub fn label(&self) -> String {
+        let size = humantime::format_duration(Duration::from_micros(self.size_us as u64));
+        if self.slide_us == self.size_us {
+            size.to_string()
+        } else {
+            let slide = humantime::format_duration(Duration::from_micros(self.slide_us as u64));
+            format!("{size}/{slide}")
+        }
+    }
+}
+
+impl std::fmt::Display for WindowSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// Parses the `WINDOWS` setting: `SPEC[,SPEC...]`, each `SIZE` (tumbling) or `SIZE/SLIDE`
+/// (`1m,5m,1h/1m`); sorted, without repeats. A bad value names the setting.
+pub fn parse_specs(text: &str) -> Result<Vec<WindowSpec>, ConfigError> {
+    let bad = |reason: String| ConfigError::new("WINDOWS", reason);
+    let mut specs = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        if part.is_empty() {
+            return Err(bad(format!("empty spec in {text:?}")));
+        }
+        let (size, slide) = match part.split_once('/') {
+            Some((a, b)) => (a.trim(), Some(b.trim())),
+            None => (part, None),
+        };
+        let duration = |s: &str| {
+            humantime::parse_duration(s).map_err(|e| bad(format!("{part:?}: {s:?}: {e}")))
+        };
+        let slide = slide.map(duration).transpose()?;
+        let spec = WindowSpec::from_settings(duration(size)?, slide)
+            .map_err(|e| bad(format!("{part:?}: {}", e.reason)))?;
+        specs.push(spec);
+    }
+    specs.sort();
+    specs.dedup();
+    Ok(specs)
 }
 
 /// `[start, end)` in UTC.
@@ -106,6 +154,10 @@ pub struct WindowResult {
     pub last_event_time: Option<DateTime<Utc>>,
     /// The watermark passed the window's end: this is the window's last emission.
     pub is_final: bool,
+    /// The aggregator group that computed it (empty in messages from before groups were recorded).
+    pub group: String,
+    /// The window spec it belongs to (for messages without one: tumbling, its bounds' length).
+    pub spec: WindowSpec,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -132,6 +184,12 @@ struct Wire {
     last_event_time: Option<String>,
     #[serde(default)]
     is_final: bool,
+    #[serde(default)]
+    consumer_group: String,
+    #[serde(default)]
+    window_us: Option<i64>,
+    #[serde(default)]
+    slide_us: Option<i64>,
 }
 
 impl WindowResult {
@@ -152,6 +210,9 @@ impl WindowResult {
             last_rate: Some(self.last_rate),
             last_event_time: self.last_event_time.map(format_time),
             is_final: self.is_final,
+            consumer_group: self.group.clone(),
+            window_us: Some(self.spec.size_us),
+            slide_us: Some(self.spec.slide_us),
         };
         serde_json::to_string(&wire).expect("a window result always serializes")
     }
@@ -200,6 +261,18 @@ impl WindowResult {
                 reason: "larger than a BIGINT",
             });
         }
+        let length = (window.end - window.start)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        let size = wire.window_us.unwrap_or(length);
+        let spec = WindowSpec::checked(size, wire.slide_us.unwrap_or(size))
+            .ok()
+            .filter(|s| s.size_us == length)
+            .ok_or_else(|| ModelError::InvalidField {
+                field: "window_us",
+                value: format!("{:?}/{:?}", wire.window_us, wire.slide_us),
+                reason: "window_us must be the window's length and slide_us divide it",
+            })?;
         Ok(WindowResult {
             window,
             base: AssetId::parse_field(&wire.asset_id_base, "asset_id_base")?,
@@ -216,6 +289,8 @@ impl WindowResult {
                 None => None,
             },
             is_final: wire.is_final,
+            group: wire.consumer_group,
+            spec,
         })
     }
 }
@@ -267,6 +342,36 @@ mod tests {
         f.first_rate = 1.5;
         f.last_event_time = Some(f.window.start);
         assert_eq!(WindowResult::from_json(f.to_json().as_bytes()).unwrap(), f);
+        // Messages without a spec are tumbling windows of their length, of no recorded group.
+        assert_eq!(w.spec, WindowSpec::tumbling(5 * 60_000_000));
+        assert_eq!(w.group, "");
+        f.group = "g1".into();
+        f.spec = WindowSpec::sliding(5 * 60_000_000, 60_000_000);
+        assert_eq!(WindowResult::from_json(f.to_json().as_bytes()).unwrap(), f);
+        let wrong = f
+            .to_json()
+            .replace("\"window_us\":300000000", "\"window_us\":60000000");
+        let e = WindowResult::from_json(wrong.as_bytes()).unwrap_err();
+        assert_eq!(e.field(), Some("window_us"));
+    }
+
+    #[test]
+    fn window_specs_parse_sorted_and_name_the_setting() {
+        let specs = parse_specs("1h/1m, 1m,5m,1m").unwrap();
+        let m = 60_000_000;
+        assert_eq!(
+            specs,
+            vec![
+                WindowSpec::tumbling(m),
+                WindowSpec::tumbling(5 * m),
+                WindowSpec::sliding(60 * m, m)
+            ]
+        );
+        assert_eq!(specs[2].label(), "1h/1m");
+        assert_eq!(specs[0].to_string(), "1m");
+        for bad in ["", "1m,", "1x", "1m/7s", "1m/2m", "0s"] {
+            assert_eq!(parse_specs(bad).unwrap_err().setting, "WINDOWS", "{bad}");
+        }
     }
 
     #[test]

@@ -34,6 +34,8 @@ fn emission(pair: (&str, &str), window: i64, count: u64, is_final: bool) -> Wind
         last_rate: 1.0,
         last_event_time: Some(start),
         is_final,
+        group: "agg".into(),
+        spec: common::window::WindowSpec::tumbling(300_000_000),
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn run<P: Processor>(
         pool: pool.clone(),
         store: OffsetStore::new(&target.group, &target.topic),
         broker: Broker::new(consumer.clone(), &target.topic),
-        recorder: FiguresRecorder::new(pool.clone(), target.service),
+        recorder: FiguresRecorder::new(pool.clone(), target.service).with_group(&target.group),
         parts: Vec::new(),
         in_flight: None,
         probing: None,

@@ -364,5 +364,7 @@ pub fn to_result(e: &Emission) -> WindowResult {
         last_rate: e.agg.last_rate,
         last_event_time: Some(dt(e.agg.last_time)),
         is_final: e.is_final,
+        group: String::new(),
+        spec: common::window::WindowSpec::tumbling(e.end - e.start),
     }
 }
