@@ -32,13 +32,17 @@ pub mod store;
 
 use std::time::Duration;
 
-use common::{window::WindowSpec, Context};
+use common::Context;
 use consumer::{offsets::OffsetStore, Target};
 use rdkafka::producer::FutureProducer;
 
 pub use settings::Settings;
 
-use crate::{aggregator::Aggregator, engine::Mode, outbox::Outbox};
+use crate::{
+    aggregator::Aggregator,
+    engine::{Mode, Specs},
+    outbox::Outbox,
+};
 
 const SERVICE: &str = "stream-aggregator";
 
@@ -55,9 +59,11 @@ const TUNING: [(&str, &str); 3] = [
 ];
 
 /// What the aggregator's parts need of the settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Config {
-    pub spec: WindowSpec,
+    /// The consumer group: the key of the state, and of every row and message written.
+    pub group: String,
+    pub specs: Specs,
     pub lateness_us: i64,
     pub mode: Mode,
     pub idle_timeout: Duration,
@@ -68,7 +74,8 @@ pub struct Config {
 pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     metrics::init();
     let config = Config {
-        spec: settings.spec()?,
+        group: settings.group.clone(),
+        specs: settings.specs()?,
         lateness_us: settings.lateness_us(),
         mode: settings.engine_mode(),
         idle_timeout: settings.idle_timeout,
@@ -79,7 +86,7 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     }
     let topics = [settings.topic.as_str(), settings.output_topic.as_str()];
     let pool = common::prepare(&settings.mysql, Some((&settings.kafka, &topics))).await?;
-    store::record_spec(&pool, &settings.group, &config, settings.mode).await?;
+    store::record_specs(&pool, &config, settings.mode).await?;
     let target = Target::new(
         SERVICE,
         &settings.topic,
@@ -90,7 +97,8 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     )?;
     let producer: FutureProducer = settings.kafka.producer_config()?.create()?;
     tracing::info!(
-        output = %settings.output_topic, window = ?settings.window, slide = ?settings.slide,
+        output = %settings.output_topic,
+        windows = %config.specs.list().iter().map(|s| s.label()).collect::<Vec<_>>().join(","),
         watermark = ?settings.watermark, mode = ?settings.mode,
         flush_interval = ?settings.flush_interval, "aggregating"
     );

@@ -71,7 +71,7 @@ pub async fn restore(
     p: i32,
 ) -> anyhow::Result<(Part, u64)> {
     let (restored, retries) = retry("restoring partition state", Some(health), || {
-        store::restore(pool, offsets, p, config.spec, config.lateness_us)
+        store::restore(pool, offsets, p, &config.specs, config.lateness_us)
     })
     .await?;
     tracing::info!(partition = p, next_offset = ?restored.next_offset, open_windows = restored.engine.open_windows(), unpublished = restored.unpublished.len(), "partition state restored");

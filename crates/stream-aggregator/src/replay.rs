@@ -71,7 +71,7 @@ async fn replay(
             );
             continue;
         }
-        let replayed = apply(pool, &mut part, &letters, config, &mut outcome).await?;
+        let replayed = apply(pool, &mut part, &letters, &mut outcome).await?;
         if replayed.is_empty() {
             continue;
         }
@@ -96,7 +96,6 @@ async fn apply(
     pool: &MySqlPool,
     part: &mut Part,
     letters: &[Stored],
-    config: &Config,
     outcome: &mut ReplayOutcome,
 ) -> anyhow::Result<Vec<i64>> {
     let mut replayed = Vec::new();
@@ -111,18 +110,19 @@ async fn apply(
                 continue;
             }
         };
-        let late = |watermark_us, missed, applied| {
-            LateRow::of(l.offset, &update, watermark_us, missed, applied)
-        };
         match part.engine.apply(update.pair, update.time_us, update.rate) {
             Applied::Accepted | Applied::Duplicate => {}
-            Applied::PartlyLate { watermark, closed } => {
-                part.late.push(late(watermark, closed, true))
-            }
-            Applied::Late { watermark } => {
-                outcome.late += 1;
-                let missed = config.spec.starts(update.time_us).count() as u32;
-                part.late.push(late(watermark, missed, false));
+            Applied::Late {
+                watermark,
+                missed,
+                applied,
+            } => {
+                outcome.late += u64::from(!applied);
+                part.late.extend(
+                    missed
+                        .iter()
+                        .map(|m| LateRow::of(l.offset, &update, watermark, m)),
+                );
             }
         }
         part.changed = true;

@@ -7,7 +7,8 @@ use common::config::{non_empty, parse_duration, ConfigError, KafkaArgs, MySqlArg
 use common::observe::ObserveArgs;
 use consumer::{dead_letters::ReplayArgs, ConsumerArgs};
 
-use crate::engine::{Mode, WindowSpec};
+use crate::engine::{Mode, Specs, WindowSpec};
+use common::window::parse_specs;
 
 /// Output mode (see the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,9 +36,13 @@ pub struct Settings {
     /// Kafka consumer group (also the key of the aggregator's state in MySQL).
     #[arg(long = "group", env = "AGGREGATOR_GROUP", value_name = "AGGREGATOR_GROUP", default_value = "stream-aggregator", value_parser = non_empty)]
     pub group: String,
-    /// Window size.
-    #[arg(long = "window", env = "WINDOW", value_name = "WINDOW", default_value = "5m", value_parser = parse_duration)]
-    pub window: Duration,
+    /// Window specs computed together, `SPEC[,SPEC...]`, each `SIZE` (tumbling) or `SIZE/SLIDE`:
+    /// `1m,5m,1h/1m`. Instead of WINDOW and SLIDE.
+    #[arg(long = "windows", env = "WINDOWS", value_name = "WINDOWS", value_parser = non_empty)]
+    pub windows: Option<String>,
+    /// Window size of the one-spec form [default: 5m].
+    #[arg(long = "window", env = "WINDOW", value_name = "WINDOW", value_parser = parse_duration)]
+    pub window: Option<Duration>,
     /// Slide for sliding windows (default: tumbling, slide = window).
     #[arg(long = "slide", env = "SLIDE", value_name = "SLIDE", value_parser = parse_duration)]
     pub slide: Option<Duration>,
@@ -74,9 +79,20 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The window spec, checked (see [`WindowSpec::from_settings`]).
-    pub fn spec(&self) -> Result<WindowSpec, ConfigError> {
-        WindowSpec::from_settings(self.window, self.slide)
+    /// The window specs, checked: `WINDOWS`, or the one spec of `WINDOW` (default 5m) and
+    /// `SLIDE` (see [`WindowSpec::from_settings`]).
+    pub fn specs(&self) -> Result<Specs, ConfigError> {
+        match (&self.windows, self.window, self.slide) {
+            (Some(list), None, None) => Ok(Specs::new(parse_specs(list)?)),
+            (Some(_), _, _) => Err(ConfigError::new(
+                "WINDOWS",
+                "give either WINDOWS or WINDOW (and SLIDE), not both",
+            )),
+            (None, window, slide) => {
+                let window = window.unwrap_or(Duration::from_secs(300));
+                Ok(Specs::one(WindowSpec::from_settings(window, slide)?))
+            }
+        }
     }
 
     pub fn lateness_us(&self) -> i64 {

@@ -1,12 +1,14 @@
-//! Property test: for random streams (several pairs, out-of-order arrival within and beyond the
-//! watermark, duplicates), the engine's final windows equal a naive batch computation over the
-//! events it accepted, and the late events are exactly those the definition says.
+//! Property test: for random sets of window specs and random streams (several pairs,
+//! out-of-order arrival within and beyond the watermark, duplicates), the sliced engine's final
+//! windows of every spec equal a naive computation that keeps each window's members explicitly,
+//! and the late updates (per spec, with the windows they missed) are exactly those the definition
+//! says.
 
 use std::collections::{BTreeMap, HashSet};
 
 use common::Pair;
 use proptest::prelude::*;
-use stream_aggregator::engine::{Applied, Mode, PartitionEngine, WindowSpec};
+use stream_aggregator::engine::{Applied, Mode, PartitionEngine, Specs, WindowSpec};
 
 const SEC: i64 = 1_000_000;
 const PAIRS: [&str; 3] = ["BTC/USD", "ETH/USD", "SOL/EUR"];
@@ -59,42 +61,62 @@ struct Expected {
     last_rate: f64,
 }
 
-type Windows = BTreeMap<(usize, i64), Expected>;
+/// Final windows by (spec, pair, start).
+type Windows = BTreeMap<(WindowSpec, usize, i64), Expected>;
+/// Per late update (index): the specs that missed windows, how many, and whether it was
+/// applied anywhere.
+type Late = Vec<(usize, Vec<(WindowSpec, u32)>, bool)>;
 
-/// The naive model: watermark recomputed from scratch, windows as explicit member lists. Returns
-/// the final windows and the indices of the late events.
-fn naive(spec: WindowSpec, lateness: i64, events: &[Ev]) -> (Windows, Vec<usize>) {
+/// Starts of the windows of `spec` covering `t`, by brute force.
+fn covering(spec: &WindowSpec, t: i64) -> Vec<i64> {
+    (-200..=200)
+        .map(|k| (t.div_euclid(spec.slide_us) + k) * spec.slide_us)
+        .filter(|s| *s <= t && t < s + spec.size_us)
+        .collect()
+}
+
+/// The naive model: one watermark recomputed from scratch, windows as explicit member lists.
+fn naive(specs: &[WindowSpec], lateness: i64, events: &[Ev]) -> (Windows, Late) {
     let mut max_event: Option<i64> = None;
     let mut seen = HashSet::new();
-    let mut members: BTreeMap<(usize, i64), Vec<(i64, f64)>> = BTreeMap::new();
-    let mut late_expected = Vec::new();
+    let mut members: BTreeMap<(WindowSpec, usize, i64), Vec<(i64, f64)>> = BTreeMap::new();
+    let mut late = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let wm = max_event.map_or(i64::MIN, |m| m - lateness);
-        let windows: Vec<i64> = (-100..=100)
-            .map(|k| (e.time.div_euclid(spec.slide_us) + k) * spec.slide_us)
-            .filter(|s| *s <= e.time && e.time < s + spec.size_us)
-            .collect();
-        let open: Vec<i64> = windows
-            .iter()
-            .copied()
-            .filter(|s| s + spec.size_us > wm)
-            .collect();
+        let mut open = Vec::new();
+        let mut missed = Vec::new();
+        for spec in specs {
+            let windows = covering(spec, e.time);
+            let closed = windows.iter().filter(|s| *s + spec.size_us <= wm).count() as u32;
+            if closed > 0 {
+                missed.push((*spec, closed));
+            }
+            open.extend(
+                windows
+                    .into_iter()
+                    .filter(|s| s + spec.size_us > wm)
+                    .map(|s| (*spec, s)),
+            );
+        }
         if open.is_empty() {
-            late_expected.push(i);
+            late.push((i, missed, false));
             continue;
         }
         if !seen.insert((e.pair, e.time)) {
             continue;
         }
-        for s in open {
+        if !missed.is_empty() {
+            late.push((i, missed, true));
+        }
+        for (spec, s) in open {
             members
-                .entry((e.pair, s))
+                .entry((spec, e.pair, s))
                 .or_default()
                 .push((e.time, e.rate));
         }
         max_event = Some(max_event.map_or(e.time, |m| m.max(e.time)));
     }
-    let expected: BTreeMap<(usize, i64), Expected> = members
+    let expected = members
         .into_iter()
         .map(|(k, v)| {
             let first = v.iter().min_by_key(|(t, _)| *t).unwrap().1;
@@ -110,42 +132,65 @@ fn naive(spec: WindowSpec, lateness: i64, events: &[Ev]) -> (Windows, Vec<usize>
             (k, e)
         })
         .collect();
-    (expected, late_expected)
+    (expected, late)
 }
 
-fn check(spec: WindowSpec, lateness: i64, events: &[Ev]) -> Result<(), TestCaseError> {
+/// Runs the engine over `events` (emitting every `every` updates, and once more after
+/// everything closed): its final windows and late updates.
+fn run(
+    specs: &[WindowSpec],
+    lateness: i64,
+    events: &[Ev],
+    mode: Mode,
+    every: usize,
+) -> Result<(Windows, Late), TestCaseError> {
     let pairs: Vec<Pair> = PAIRS.iter().map(|p| p.parse().unwrap()).collect();
-    let (expected, late_expected) = naive(spec, lateness, events);
-    for mode in [Mode::Update, Mode::Append] {
-        let mut engine = PartitionEngine::new(spec, lateness);
-        let mut late_got = Vec::new();
-        let mut finals = BTreeMap::new();
-        for (i, e) in events.iter().enumerate() {
-            if let Applied::Late { .. } = engine.apply(pairs[e.pair], e.time, e.rate) {
-                late_got.push(i);
-            }
-            if i % 17 == 0 {
-                for em in engine.take_emissions(mode) {
-                    if em.is_final {
-                        let idx = pairs.iter().position(|p| *p == em.pair).unwrap();
-                        prop_assert!(
-                            finals.insert((idx, em.start), em.agg).is_none(),
-                            "final twice"
-                        );
-                    }
-                }
-            }
-        }
-        engine.advance_to(i64::MAX);
+    let mut engine = PartitionEngine::new(Specs::new(specs.to_vec()), lateness);
+    let mut late = Vec::new();
+    let mut finals = BTreeMap::new();
+    let take = |engine: &mut PartitionEngine, finals: &mut Windows| {
         for em in engine.take_emissions(mode) {
-            prop_assert!(em.is_final);
+            if !em.is_final {
+                continue;
+            }
             let idx = pairs.iter().position(|p| *p == em.pair).unwrap();
-            prop_assert!(
-                finals.insert((idx, em.start), em.agg).is_none(),
-                "final twice"
-            );
+            let got = Expected {
+                count: em.agg.count,
+                sum: em.agg.total(),
+                min: em.agg.min,
+                max: em.agg.max,
+                first_rate: em.agg.first_rate,
+                last_rate: em.agg.last_rate,
+            };
+            if finals.insert((em.spec, idx, em.start), got).is_some() {
+                return Err(TestCaseError::fail("final twice"));
+            }
         }
-        prop_assert_eq!(&late_got, &late_expected);
+        Ok(())
+    };
+    for (i, e) in events.iter().enumerate() {
+        if let Applied::Late {
+            missed, applied, ..
+        } = engine.apply(pairs[e.pair], e.time, e.rate)
+        {
+            let missed = missed.iter().map(|m| (m.spec, m.closed)).collect();
+            late.push((i, missed, applied));
+        }
+        if i % every == 0 {
+            take(&mut engine, &mut finals)?;
+        }
+    }
+    engine.advance_to(i64::MAX);
+    take(&mut engine, &mut finals)?;
+    prop_assert_eq!(engine.open_windows(), 0);
+    Ok((finals, late))
+}
+
+fn check(specs: &[WindowSpec], lateness: i64, events: &[Ev]) -> Result<(), TestCaseError> {
+    let (expected, late_expected) = naive(specs, lateness, events);
+    for (mode, every) in [(Mode::Update, 17), (Mode::Append, 5), (Mode::Append, 1000)] {
+        let (finals, late) = run(specs, lateness, events, mode, every)?;
+        prop_assert_eq!(&late, &late_expected);
         prop_assert_eq!(finals.len(), expected.len());
         for (k, want) in &expected {
             let got = finals.get(k).expect("window present");
@@ -166,16 +211,42 @@ fn check(spec: WindowSpec, lateness: i64, events: &[Ev]) -> Result<(), TestCaseE
     Ok(())
 }
 
+/// One to three specs: sizes 2..60 s, slides dividing them.
+fn specs() -> impl Strategy<Value = Vec<WindowSpec>> {
+    const SIZES: [i64; 6] = [2, 5, 10, 20, 30, 60];
+    prop::collection::vec((0usize..6, 1i64..7), 1..4).prop_map(|v| {
+        let mut out: Vec<WindowSpec> = v
+            .into_iter()
+            .map(|(i, d)| {
+                let size = SIZES[i];
+                let slide = (1..=d)
+                    .rev()
+                    .find(|k| size % k == 0)
+                    .map_or(size, |k| size / k);
+                WindowSpec::sliding(size * SEC, slide * SEC)
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn tumbling_equals_naive_batch(events in stream(), lateness in 0i64..60) {
-        check(WindowSpec::tumbling(10 * SEC), lateness * SEC, &events)?;
+        check(&[WindowSpec::tumbling(10 * SEC)], lateness * SEC, &events)?;
     }
 
     #[test]
     fn sliding_equals_naive_batch(events in stream(), lateness in 0i64..60) {
-        check(WindowSpec::sliding(20 * SEC, 5 * SEC), lateness * SEC, &events)?;
+        check(&[WindowSpec::sliding(20 * SEC, 5 * SEC)], lateness * SEC, &events)?;
+    }
+
+    #[test]
+    fn many_specs_equal_naive_batch(specs in specs(), events in stream(), lateness in 0i64..60) {
+        check(&specs, lateness * SEC, &events)?;
     }
 }

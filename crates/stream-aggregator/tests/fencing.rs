@@ -7,7 +7,7 @@ use common::{window::WindowSpec, Pair};
 use consumer::offsets::OffsetStore;
 use stream_aggregator::{
     aggregator::to_result,
-    engine::{Mode, PartitionEngine},
+    engine::{Mode, PartitionEngine, Specs},
     store::{self, FlushOutcome, PartFlush},
 };
 use testkit::TestDb;
@@ -16,8 +16,8 @@ const GROUP: &str = "g";
 const TOPIC: &str = "t";
 const MIN: i64 = 60_000_000;
 
-fn spec() -> WindowSpec {
-    WindowSpec::tumbling(MIN)
+fn specs() -> Specs {
+    Specs::one(WindowSpec::tumbling(MIN))
 }
 
 /// A flush of `engine` after applying `n` events at offsets `from..from + n`.
@@ -35,14 +35,14 @@ fn flush(
     let results = engine
         .take_emissions(Mode::Update)
         .iter()
-        .map(to_result)
+        .map(|e| to_result(e, GROUP))
         .collect();
     PartFlush {
         partition: 0,
         epoch,
         base_offset: base,
         next_offset: from + n,
-        spec: spec(),
+        specs: specs().list().to_vec(),
         lateness_us: MIN,
         snapshot: engine.snapshot(),
         results,
@@ -61,7 +61,7 @@ fn offsets() -> OffsetStore {
 }
 
 async fn restore(db: &TestDb) -> store::Restored {
-    store::restore(&db.pool, &offsets(), 0, spec(), MIN)
+    store::restore(&db.pool, &offsets(), 0, &specs(), MIN)
         .await
         .unwrap()
 }
@@ -140,7 +140,7 @@ async fn a_restore_waits_for_a_flush_in_progress_and_sees_what_it_committed() {
         .unwrap();
     let pool = db.pool.clone();
     let restoring = tokio::spawn(async move {
-        store::restore(&pool, &offsets(), 0, spec(), MIN)
+        store::restore(&pool, &offsets(), 0, &specs(), MIN)
             .await
             .unwrap()
     });

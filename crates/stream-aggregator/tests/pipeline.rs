@@ -2,7 +2,9 @@
 //! late events; SIGKILL and restart several times mid-run; the final `stream_agg` equals both the
 //! batch recomputation from the same events and an uninterrupted run, row for row. Two instances
 //! in one group give the same result too. SIGKILLed while holding its partitions and restarted at
-//! once, it drains within 60 s.
+//! once, it drains within 60 s. One group computing several specs (`--windows`) beside another
+//! group on the same database: every group's and spec's rows equal the batch recomputation of
+//! that spec, with the late updates of that spec excluded from exactly the windows they missed.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -11,7 +13,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use common::{Pair, RateUpdate};
+use common::{window::WindowSpec, Pair, RateUpdate};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use testkit::{
     consumer_command,
@@ -61,19 +63,25 @@ fn messages(events: &[RateUpdate]) -> Vec<(String, Vec<u8>)> {
 }
 
 fn aggregator(db: &TestDb, kafka: &TestKafka, topic: &str, group: &str, args: &[&str]) -> Command {
+    let mut cmd = aggregator_of(db, kafka, topic, group, &["--window", "10s"]);
+    cmd.args(args);
+    cmd
+}
+
+/// The aggregator of `group` computing the windows of `windows` (its window arguments).
+fn aggregator_of(
+    db: &TestDb,
+    kafka: &TestKafka,
+    topic: &str,
+    group: &str,
+    windows: &[&str],
+) -> Command {
     let bin = env!("CARGO_BIN_EXE_stream-aggregator");
     let mut cmd = consumer_command(bin, db, kafka, topic, group);
     cmd.args(["--output-topic", &format!("{topic}-out")])
-        .args([
-            "--window",
-            "10s",
-            "--watermark",
-            "5s",
-            "--idle-timeout",
-            "3s",
-        ])
-        .args(["--flush-interval", "100ms"])
-        .args(args);
+        .args(windows)
+        .args(["--watermark", "5s", "--idle-timeout", "3s"])
+        .args(["--flush-interval", "100ms"]);
     cmd
 }
 
@@ -104,9 +112,18 @@ type DbRow = (
 );
 
 async fn table(db: &TestDb) -> Table {
+    table_of(db, "%", WindowSpec::tumbling(WINDOW_S * 1_000_000)).await
+}
+
+/// The rows of the groups matching `group` (a LIKE pattern) and of `spec`.
+async fn table_of(db: &TestDb, group: &str, spec: WindowSpec) -> Table {
     let rows: Vec<DbRow> = sqlx::query_as(
-        "SELECT asset_id_base, asset_id_quote, start_time, update_count, sum_rate, min_rate, max_rate, first_rate, last_rate, is_final FROM stream_agg",
+        "SELECT asset_id_base, asset_id_quote, start_time, update_count, sum_rate, min_rate, max_rate, first_rate, last_rate, is_final \
+         FROM stream_agg WHERE consumer_group LIKE ? AND window_us = ? AND slide_us = ?",
     )
+    .bind(group)
+    .bind(spec.size_us)
+    .bind(spec.slide_us)
     .fetch_all(&db.pool)
     .await
     .unwrap();
@@ -141,28 +158,64 @@ fn assert_tables_equal(got: &Table, want: &Table, what: &str) {
 }
 
 /// Batch recomputation from the topic: per partition in offset order, first occurrence of a
-/// (pair, time) wins, events recorded late are excluded.
+/// (pair, time) wins, updates recorded late are excluded.
 async fn batch(kafka: &TestKafka, topic: &str, db: &TestDb) -> Batch {
-    let late: HashSet<(i32, i64)> = sqlx::query_as::<_, (i32, i64)>(
-        "SELECT kafka_partition, kafka_offset FROM late_events WHERE applied = FALSE",
+    let spec = WindowSpec::tumbling(WINDOW_S * 1_000_000);
+    batch_of(kafka, topic, db, "%", &[spec], spec).await
+}
+
+/// Batch recomputation of `spec`, one of the `specs` of the groups matching `group`: an update
+/// late for every spec is not applied anywhere (and does not count as seen); one late for
+/// `spec` is excluded from the earliest `windows_missed` of its windows (those that had closed).
+async fn batch_of(
+    kafka: &TestKafka,
+    topic: &str,
+    db: &TestDb,
+    group: &str,
+    specs: &[WindowSpec],
+    spec: WindowSpec,
+) -> Batch {
+    let rows: Vec<(i32, i64, i64, i64, i32, bool)> = sqlx::query_as(
+        "SELECT kafka_partition, kafka_offset, window_us, slide_us, windows_missed, applied FROM late_events \
+         WHERE consumer_group LIKE ?",
     )
+    .bind(group)
     .fetch_all(&db.pool)
     .await
-    .unwrap()
-    .into_iter()
-    .collect();
+    .unwrap();
+    // Per update: the specs it missed windows of, with how many, and whether it went anywhere.
+    let mut late: HashMap<(i32, i64), (usize, bool, Option<i32>)> = HashMap::new();
+    for (p, o, w, sl, missed, applied) in rows {
+        let e = late.entry((p, o)).or_insert((0, false, None));
+        e.0 += usize::from(!applied);
+        e.1 |= applied;
+        if (w, sl) == (spec.size_us, spec.slide_us) {
+            e.2 = Some(missed);
+        }
+    }
     let mut seen = HashSet::new();
     let mut windows: BTreeMap<(String, String, i64), Vec<(i64, f64)>> = BTreeMap::new();
     for r in kafka.read_all(topic).await {
         let u = RateUpdate::from_json(r.payload.as_deref().unwrap()).unwrap();
-        if late.contains(&(r.partition, r.offset)) || !seen.insert((u.pair, u.time)) {
+        let l = late.get(&(r.partition, r.offset));
+        let nowhere = l.is_some_and(|(full, applied, _)| !applied && *full == specs.len());
+        if nowhere || !seen.insert((u.pair, u.time)) {
             continue;
         }
-        let start = u.time.timestamp().div_euclid(WINDOW_S) * WINDOW_S;
-        windows
-            .entry((u.pair.base.to_string(), u.pair.quote.to_string(), start))
-            .or_default()
-            .push((u.time.timestamp_micros(), u.rate));
+        let missed = l.and_then(|l| l.2).unwrap_or(0) as usize;
+        let t = u.time.timestamp_micros();
+        let mut starts: Vec<i64> = spec.starts(t).collect();
+        starts.sort_unstable();
+        for start in starts.into_iter().skip(missed) {
+            windows
+                .entry((
+                    u.pair.base.to_string(),
+                    u.pair.quote.to_string(),
+                    start / 1_000_000,
+                ))
+                .or_default()
+                .push((t, u.rate));
+        }
     }
     windows
         .into_iter()
@@ -348,4 +401,75 @@ async fn sigkill_and_immediate_restart_drains_within_60_s() {
         tail(&drill.log, 40)
     );
     assert_matches_batch(&table(&db).await, &batch(&kafka, &topic, &db).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_specs_and_groups_keep_their_own_rows() {
+    let (db, kafka) = (TestDb::new().await, TestKafka::new());
+    let topic = kafka.create_topic("raw", 3).await;
+    kafka.produce(&topic, &messages(&stream())).await;
+    let (a, b) = (kafka.group("many"), kafka.group("one"));
+    let s = 1_000_000;
+    let specs_a = [
+        WindowSpec::tumbling(10 * s),
+        WindowSpec::sliding(30 * s, 10 * s),
+        WindowSpec::tumbling(60 * s),
+    ];
+    let specs_b = [WindowSpec::tumbling(20 * s)];
+    // Group B computes a spec of its own and (on purpose) one of A's, 10 s.
+    let runs = [
+        (&a, vec!["--windows", "10s,1m,30s/10s"]),
+        (&b, vec!["--windows", "20s,10s"]),
+    ];
+    for (group, windows) in &runs {
+        let mut cmd = aggregator_of(&db, &kafka, &topic, group, windows);
+        cmd.args(["--exit-idle", "8s"]);
+        finish(cmd);
+    }
+    let specs_b = [specs_b[0], specs_a[0]];
+    for (group, specs) in [(&a, &specs_a[..]), (&b, &specs_b[..])] {
+        for spec in specs {
+            let got = table_of(&db, group, *spec).await;
+            let want = batch_of(&kafka, &topic, &db, group, specs, *spec).await;
+            assert!(!want.is_empty());
+            assert_matches_batch(&got, &want);
+        }
+    }
+    // The same spec in both groups: equal rows, kept apart.
+    assert_tables_equal(
+        &table_of(&db, &a, specs_a[0]).await,
+        &table_of(&db, &b, specs_a[0]).await,
+        "10 s in both groups",
+    );
+    let recorded: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT consumer_group, window_us, slide_us FROM stream_agg_specs ORDER BY consumer_group, window_us, slide_us",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(recorded.len(), 5, "{recorded:?}");
+    // Lateness is per spec: some update was late for 10 s but not for 1 m.
+    let per_spec: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT window_us, COUNT(*) FROM late_events WHERE consumer_group = ? GROUP BY window_us ORDER BY window_us",
+    )
+    .bind(&a)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let count = |w: i64| {
+        per_spec
+            .iter()
+            .find(|(x, _)| *x == w)
+            .map_or(0, |(_, c)| *c)
+    };
+    assert!(count(10 * s) > count(60 * s), "{per_spec:?}");
+    // A different set of specs for an existing group is refused, naming the windows.
+    let mut cmd = aggregator_of(&db, &kafka, &topic, &a, &["--windows", "10s,1m"]);
+    cmd.args(["--exit-idle", "3s"]);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("10s,30s/10s,1m"),
+        "{err}"
+    );
 }

@@ -1,5 +1,7 @@
 //! update-counter: keeps per-window update counts in table `coin_update_count` from the stream
-//! aggregator's topic `aggregated_data`, one row per (pair, window).
+//! aggregator's topic `aggregated_data`, one row per (aggregator group, window spec, pair,
+//! window): groups and specs never touch each other's rows. Messages from before groups were
+//! recorded count under group '' as tumbling windows of their length.
 //!
 //! The upsert never lets an older or smaller emission overwrite a newer one: a window's count only
 //! grows, so the row keeps the largest count seen and `is_final` once set stays set. Replays and
@@ -13,7 +15,7 @@ use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
     model::push_sql_datetime,
     observe::ObserveArgs,
-    window::{WindowBounds, WindowResult},
+    window::{WindowBounds, WindowResult, WindowSpec},
     AssetId, Context,
 };
 use consumer::{
@@ -48,8 +50,11 @@ pub struct Settings {
 }
 
 /// The part of a window result the counter keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowCount {
+    /// The aggregator group that computed the window.
+    pub group: String,
+    pub spec: WindowSpec,
     pub base: AssetId,
     pub quote: AssetId,
     pub window: WindowBounds,
@@ -59,12 +64,9 @@ pub struct WindowCount {
 
 impl WindowCount {
     /// Combines two emissions of one window: the larger count, final once either is.
-    pub fn merge(self, other: WindowCount) -> WindowCount {
-        WindowCount {
-            update_count: self.update_count.max(other.update_count),
-            is_final: self.is_final || other.is_final,
-            ..self
-        }
+    pub fn merge(&mut self, other: &WindowCount) {
+        self.update_count = self.update_count.max(other.update_count);
+        self.is_final |= other.is_final;
     }
 }
 
@@ -74,7 +76,7 @@ pub struct CountSink;
 
 /// The upsert: never lower a count, never clear `is_final`; `updated_at` moves only on change.
 const UPSERT: &str = "INSERT INTO coin_update_count \
-    (start_time, end_time, asset_id_base, asset_id_quote, update_count, is_final, updated_at) VALUES ";
+    (consumer_group, window_us, slide_us, start_time, end_time, asset_id_base, asset_id_quote, update_count, is_final, updated_at) VALUES ";
 const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE \
     updated_at = IF(VALUES(update_count) > update_count OR (VALUES(is_final) AND NOT is_final), VALUES(updated_at), updated_at), \
     update_count = GREATEST(update_count, VALUES(update_count)), \
@@ -87,6 +89,8 @@ impl Sink for CountSink {
     fn parse(&self, _meta: Meta, payload: &[u8]) -> Result<WindowCount, Refusal> {
         let w = WindowResult::from_json(payload)?;
         Ok(WindowCount {
+            group: w.group,
+            spec: w.spec,
             base: w.base,
             quote: w.quote,
             window: w.window,
@@ -97,12 +101,13 @@ impl Sink for CountSink {
 
     fn statements(&self, rows: &[&WindowCount]) -> Statements {
         // Many emissions of one window in a batch become one row.
-        let mut merged: HashMap<(AssetId, AssetId, WindowBounds), WindowCount> = HashMap::new();
+        type Key<'a> = (&'a str, WindowSpec, AssetId, AssetId, WindowBounds);
+        let mut merged: HashMap<Key<'_>, WindowCount> = HashMap::new();
         for r in rows {
             merged
-                .entry((r.base, r.quote, r.window))
-                .and_modify(|m| *m = m.merge(**r))
-                .or_insert(**r);
+                .entry((&r.group, r.spec, r.base, r.quote, r.window))
+                .and_modify(|m| m.merge(r))
+                .or_insert_with(|| (*r).clone());
         }
         let merged: Vec<WindowCount> = merged.into_values().collect();
         Statements {
@@ -113,12 +118,14 @@ impl Sink for CountSink {
 }
 
 /// The upsert of `counts` as text: asset ids are validated (letters, digits, `_`, `-`), times
-/// and numbers formatted here, so nothing needs escaping.
+/// and numbers formatted here, the group written as a hex literal, so nothing needs escaping.
 fn upsert_sql(counts: &[WindowCount]) -> String {
     let mut sql = String::with_capacity(UPSERT.len() + ON_DUPLICATE.len() + counts.len() * 110);
     sql.push_str(UPSERT);
     for (i, c) in counts.iter().enumerate() {
         sql.push_str(if i == 0 { "(" } else { ",(" });
+        push_sql_hex(&mut sql, c.group.as_bytes());
+        let _ = write!(sql, ",{},{},", c.spec.size_us, c.spec.slide_us);
         push_sql_datetime(&mut sql, c.window.start);
         sql.push(',');
         push_sql_datetime(&mut sql, c.window.end);
@@ -133,6 +140,15 @@ fn upsert_sql(counts: &[WindowCount]) -> String {
     }
     sql.push_str(ON_DUPLICATE);
     sql
+}
+
+/// `bytes` as a hex string literal (`X'..'`, valid for any bytes in MySQL and MariaDB).
+fn push_sql_hex(sql: &mut String, bytes: &[u8]) {
+    sql.push_str("X'");
+    for b in bytes {
+        let _ = write!(sql, "{b:02x}");
+    }
+    sql.push('\'');
 }
 
 /// Runs the update counter until it is asked to stop (or drained, `--exit-idle`).
@@ -154,6 +170,8 @@ mod tests {
     fn count(start: &str, n: u64, is_final: bool) -> WindowCount {
         let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
         WindowCount {
+            group: "agg's".into(),
+            spec: WindowSpec::tumbling(60_000_000),
             base: "BTC".parse().unwrap(),
             quote: "USD".parse().unwrap(),
             window: WindowBounds {
@@ -175,7 +193,7 @@ mod tests {
         assert_eq!(s.sql.len(), 1);
         let sql = &s.sql[0];
         assert!(
-            sql.contains("('2024-08-05 13:35:00.000000','2024-08-05 13:36:00.000000','BTC','USD',5,TRUE,UTC_TIMESTAMP(6))"),
+            sql.contains("(X'6167672773',60000000,60000000,'2024-08-05 13:35:00.000000','2024-08-05 13:36:00.000000','BTC','USD',5,TRUE,UTC_TIMESTAMP(6))"),
             "{sql}"
         );
         assert!(sql.contains("'2024-08-05 13:36:00.250000'"), "{sql}");

@@ -76,16 +76,24 @@ fn assert_same(got: &Rows, want: &Rows) {
     );
 }
 
-async fn rows(db: &TestDb) -> Rows {
+/// Rows of group `group` and spec `window_us`.
+async fn rows_of(db: &TestDb, group: &str, window_us: i64) -> Rows {
     let rows: Vec<(String, String, chrono::NaiveDateTime, i64, bool)> = sqlx::query_as(
-        "SELECT asset_id_base, asset_id_quote, start_time, update_count, is_final FROM coin_update_count",
+        "SELECT asset_id_base, asset_id_quote, start_time, update_count, is_final FROM coin_update_count \
+         WHERE consumer_group = ? AND window_us = ?",
     )
+    .bind(group)
+    .bind(window_us)
     .fetch_all(&db.pool)
     .await
     .unwrap();
     rows.into_iter()
         .map(|(b, q, s, c, f)| ((b, q, s.and_utc()), (c, f)))
         .collect()
+}
+
+async fn rows(db: &TestDb) -> Rows {
+    rows_of(db, "agg", 300_000_000).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -109,6 +117,21 @@ async fn out_of_order_and_replayed_emissions_keep_the_newest_count() {
             );
         }
     }
+    // The same windows computed by another group, and by another spec of the group (a 5-minute
+    // window sliding every minute): their own rows, never this group's and spec's.
+    let others: Vec<WindowResult> = all
+        .iter()
+        .flat_map(|e| {
+            let mut g = e.clone();
+            g.group = "other".into();
+            g.update_count += 100;
+            let mut s = e.clone();
+            s.spec = common::window::WindowSpec::sliding(300_000_000, 60_000_000);
+            s.update_count += 1000;
+            [g, s]
+        })
+        .collect();
+    all.extend(others);
     // Shuffled (older and smaller emissions after newer ones), plus every message a second time.
     let mut rng = SmallRng::seed_from_u64(7);
     all.shuffle(&mut rng);
@@ -126,6 +149,22 @@ async fn out_of_order_and_replayed_emissions_keep_the_newest_count() {
         &["--exit-idle", "4s", "--batch-size", "50"],
     ));
     assert_same(&rows(&db).await, &expected);
+    let shifted = |by: i64| -> Rows {
+        expected
+            .iter()
+            .map(|(k, (c, f))| (k.clone(), (c + by, *f)))
+            .collect()
+    };
+    assert_same(&rows_of(&db, "other", 300_000_000).await, &shifted(100));
+    let sliding: Vec<(i64,)> = sqlx::query_as(
+        "SELECT update_count FROM coin_update_count WHERE consumer_group = 'agg' AND slide_us = 60000000",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sliding.len(), expected.len());
+    let want: i64 = expected.values().map(|(c, _)| c + 1000).sum();
+    assert_eq!(sliding.iter().map(|(c,)| c).sum::<i64>(), want);
 
     // A replay from the start by a new group changes nothing.
     finish(counter(
@@ -156,7 +195,8 @@ async fn original_spark_messages_and_poison_are_handled() {
         &kafka.group("cnt"),
         &["--exit-idle", "4s"],
     ));
-    let r = rows(&db).await;
+    // No group or spec in the original shape: group '', tumbling of the window's length.
+    let r = rows_of(&db, "", 300_000_000).await;
     assert_eq!(r.len(), 1);
     assert_eq!(r.values().next(), Some(&(30, false)));
     let dead: Vec<(String, i64, String)> = sqlx::query_as(

@@ -253,7 +253,10 @@ pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<Par
         return None;
     }
     part.changed = false;
-    let results: Vec<WindowResult> = emissions.iter().map(to_result).collect();
+    let results: Vec<WindowResult> = emissions
+        .iter()
+        .map(|e| to_result(e, &config.group))
+        .collect();
     let mut outbox = part.unpublished.clone();
     outbox.extend(results.iter().cloned());
     Some(PartFlush {
@@ -261,7 +264,7 @@ pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<Par
         epoch: part.epoch,
         base_offset: part.stored_offset,
         next_offset: part.next_offset,
-        spec: config.spec,
+        specs: config.specs.list().to_vec(),
         lateness_us: config.lateness_us,
         snapshot: part.engine.snapshot(),
         results,
@@ -346,7 +349,7 @@ fn write_parts(
 }
 
 /// The window result (message and row) of an engine emission.
-pub fn to_result(e: &Emission) -> WindowResult {
+pub fn to_result(e: &Emission, group: &str) -> WindowResult {
     let dt = |us: i64| DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
     WindowResult {
         window: WindowBounds {
@@ -359,12 +362,12 @@ pub fn to_result(e: &Emission) -> WindowResult {
         avg_rate: e.agg.avg(),
         min_rate: e.agg.min,
         max_rate: e.agg.max,
-        sum_rate: e.agg.sum,
+        sum_rate: e.agg.total(),
         first_rate: e.agg.first_rate,
         last_rate: e.agg.last_rate,
         last_event_time: Some(dt(e.agg.last_time)),
         is_final: e.is_final,
-        group: String::new(),
-        spec: common::window::WindowSpec::tumbling(e.end - e.start),
+        group: group.to_owned(),
+        spec: e.spec,
     }
 }

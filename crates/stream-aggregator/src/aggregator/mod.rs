@@ -178,26 +178,29 @@ impl Processor for Aggregator {
         };
         let (f, part) = (&mut self.stats.figures, self.parts.get_mut(&msg.partition));
         let Some(part) = part else { return };
-        let late_row = |watermark_us, missed, applied| {
-            LateRow::of(msg.offset, &update, watermark_us, missed, applied)
-        };
+        let received = update.received_us.unwrap_or(update.time_us);
         match part.engine.apply(update.pair, update.time_us, update.rate) {
             Applied::Accepted => {
                 f.applied += 1;
-                part.received
-                    .push(update.received_us.unwrap_or(update.time_us));
+                part.received.push(received);
             }
-            Applied::PartlyLate { watermark, closed } => {
-                f.applied += 1;
-                f.partly_late += 1;
-                part.received
-                    .push(update.received_us.unwrap_or(update.time_us));
-                part.late.push(late_row(watermark, closed, true));
-            }
-            Applied::Late { watermark } => {
-                f.late += 1;
-                let missed = self.config.spec.starts(update.time_us).count() as u32;
-                part.late.push(late_row(watermark, missed, false));
+            Applied::Late {
+                watermark,
+                missed,
+                applied,
+            } => {
+                if applied {
+                    f.applied += 1;
+                    f.partly_late += 1;
+                    part.received.push(received);
+                } else {
+                    f.late += 1;
+                }
+                part.late.extend(
+                    missed
+                        .iter()
+                        .map(|m| LateRow::of(msg.offset, &update, watermark, m)),
+                );
             }
             Applied::Duplicate => f.duplicates += 1,
         }

@@ -22,12 +22,26 @@ use crate::engine::Snapshot;
 pub use restore::{restore, Restored, SpecMismatch};
 pub use write::{standing, write_flush, FlushOutcome, LateRow, PartFlush, Standing};
 
-/// What is stored per partition besides the offsets.
+/// What is stored per partition besides the offsets. A state from before several specs has only
+/// `spec`; one written since has `specs` (and `spec`, the first, for older readers).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredState {
-    spec: WindowSpec,
+    #[serde(default)]
+    specs: Vec<WindowSpec>,
+    spec: Option<WindowSpec>,
     lateness_us: i64,
     snapshot: Snapshot,
+}
+
+impl StoredState {
+    /// The specs the state was built with.
+    fn specs(&self) -> Vec<WindowSpec> {
+        if self.specs.is_empty() {
+            self.spec.into_iter().collect()
+        } else {
+            self.specs.clone()
+        }
+    }
 }
 
 pub fn to_datetime(us: i64) -> NaiveDateTime {
@@ -36,24 +50,26 @@ pub fn to_datetime(us: i64) -> NaiveDateTime {
         .naive_utc()
 }
 
-/// Records the window spec the group runs with, for compare's batch side.
-pub async fn record_spec(
+/// Records the window specs the group runs with (one row each), for compare's batch side.
+pub async fn record_specs(
     pool: &MySqlPool,
-    group: &str,
     config: &crate::Config,
     mode: crate::settings::OutputMode,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO stream_agg_spec (consumer_group, window_us, slide_us, watermark_us, mode, updated_at) \
-         VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE window_us = VALUES(window_us), \
-         slide_us = VALUES(slide_us), watermark_us = VALUES(watermark_us), mode = VALUES(mode), updated_at = VALUES(updated_at)",
-    )
-    .bind(group)
-    .bind(config.spec.size_us)
-    .bind(config.spec.slide_us)
-    .bind(config.lateness_us)
-    .bind(format!("{mode:?}").to_lowercase())
-    .execute(pool)
-    .await?;
+    let mode = format!("{mode:?}").to_lowercase();
+    for spec in config.specs.list() {
+        sqlx::query(
+            "INSERT INTO stream_agg_specs (consumer_group, window_us, slide_us, watermark_us, mode, updated_at) \
+             VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE watermark_us = VALUES(watermark_us), \
+             mode = VALUES(mode), updated_at = VALUES(updated_at)",
+        )
+        .bind(&config.group)
+        .bind(spec.size_us)
+        .bind(spec.slide_us)
+        .bind(config.lateness_us)
+        .bind(&mode)
+        .execute(pool)
+        .await?;
+    }
     Ok(())
 }

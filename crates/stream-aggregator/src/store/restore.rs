@@ -9,7 +9,7 @@ use consumer::offsets::OffsetStore;
 use sqlx::MySqlPool;
 
 use super::{seen_codec, StoredState};
-use crate::engine::PartitionEngine;
+use crate::engine::{PartitionEngine, Specs};
 
 /// A partition as restored from MySQL.
 #[derive(Debug)]
@@ -25,14 +25,22 @@ pub struct Restored {
 
 /// The stored spec differs from the configured one.
 #[derive(Debug, thiserror::Error)]
-#[error("partition {partition} of group {group} holds state built with a {stored:?} window and {stored_lateness} µs watermark; this run has {configured:?} and {configured_lateness} µs. Use another AGGREGATOR_GROUP (or delete its aggregator_state rows) to change the window.")]
+#[error("partition {partition} of group {group} holds state built with windows {} and a {stored_lateness} µs watermark; this run has windows {} and {configured_lateness} µs. Use another AGGREGATOR_GROUP (or delete its aggregator_state rows) to change the windows.", labels(.stored), labels(.configured))]
 pub struct SpecMismatch {
     pub group: String,
     pub partition: i32,
-    pub stored: WindowSpec,
+    pub stored: Vec<WindowSpec>,
     pub stored_lateness: i64,
-    pub configured: WindowSpec,
+    pub configured: Vec<WindowSpec>,
     pub configured_lateness: i64,
+}
+
+fn labels(specs: &[WindowSpec]) -> String {
+    specs
+        .iter()
+        .map(WindowSpec::label)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 /// `aggregator_state` columns: seen_seq, state, unpublished.
 type StateRow = (i64, Vec<u8>, Option<Vec<u8>>);
@@ -44,7 +52,7 @@ pub async fn restore(
     pool: &MySqlPool,
     offsets: &OffsetStore,
     partition: i32,
-    spec: WindowSpec,
+    specs: &Specs,
     lateness: i64,
 ) -> anyhow::Result<Restored> {
     let (group, topic) = (offsets.group(), offsets.topic());
@@ -86,7 +94,7 @@ pub async fn restore(
         tx.commit().await?;
         return Ok(Restored {
             epoch,
-            engine: PartitionEngine::new(spec, lateness),
+            engine: PartitionEngine::new(specs.clone(), lateness),
             next_offset,
             seen_seq: 0,
             unpublished: Vec::new(),
@@ -101,7 +109,7 @@ pub async fn restore(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let engine = decode_engine(group, partition, &state, &logs, spec, lateness)?;
+    let engine = decode_engine(group, partition, &state, &logs, specs, lateness)?;
     Ok(Restored {
         epoch,
         engine,
@@ -117,17 +125,17 @@ fn decode_engine(
     partition: i32,
     state: &[u8],
     logs: &[(Vec<u8>,)],
-    spec: WindowSpec,
+    specs: &Specs,
     lateness: i64,
 ) -> anyhow::Result<PartitionEngine> {
     let stored: StoredState = serde_json::from_slice(state)?;
-    if stored.spec != spec || stored.lateness_us != lateness {
+    if stored.specs() != specs.list() || stored.lateness_us != lateness {
         return Err(SpecMismatch {
             group: group.to_owned(),
             partition,
-            stored: stored.spec,
+            stored: stored.specs(),
             stored_lateness: stored.lateness_us,
-            configured: spec,
+            configured: specs.list().to_vec(),
             configured_lateness: lateness,
         }
         .into());
@@ -139,7 +147,7 @@ fn decode_engine(
         })?);
     }
     Ok(PartitionEngine::restore(
-        spec,
+        specs.clone(),
         lateness,
         &stored.snapshot,
         seen,

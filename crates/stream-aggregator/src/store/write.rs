@@ -22,6 +22,8 @@ use crate::engine::Snapshot;
 #[derive(Debug, Clone)]
 pub struct LateRow {
     pub offset: i64,
+    /// The spec whose windows it missed (one row per such spec).
+    pub spec: WindowSpec,
     pub pair: Pair,
     pub rate: f64,
     pub time_us: i64,
@@ -31,23 +33,23 @@ pub struct LateRow {
 }
 
 impl LateRow {
-    /// The late event at `offset`: `update`, the watermark it missed, the windows it missed and
-    /// whether it was applied to the others.
+    /// The late event at `offset`: `update`, the watermark it missed, and of one spec the windows
+    /// it missed and whether it was applied to the others.
     pub fn of(
         offset: i64,
         update: &common::RateEvent,
         watermark_us: i64,
-        missed: u32,
-        applied: bool,
+        missed: &crate::engine::Missed,
     ) -> Self {
         LateRow {
             offset,
+            spec: missed.spec,
             pair: update.pair,
             rate: update.rate,
             time_us: update.time_us,
             watermark_us,
-            missed,
-            applied,
+            missed: missed.closed,
+            applied: missed.applied(),
         }
     }
 }
@@ -61,7 +63,7 @@ pub struct PartFlush {
     /// The offset MySQL must still hold (fencing); `None` for a partition never stored.
     pub base_offset: Option<i64>,
     pub next_offset: i64,
-    pub spec: WindowSpec,
+    pub specs: Vec<WindowSpec>,
     pub lateness_us: i64,
     pub snapshot: Snapshot,
     /// This flush's window results (upserted into `stream_agg`).
@@ -88,7 +90,8 @@ impl PartFlush {
 
     fn state(&self) -> anyhow::Result<Vec<u8>> {
         let state = StoredState {
-            spec: self.spec,
+            specs: self.specs.clone(),
+            spec: self.specs.first().copied(),
             lateness_us: self.lateness_us,
             snapshot: self.snapshot.clone(),
         };
@@ -195,7 +198,7 @@ async fn write_parts(
         .map(|p| p.state())
         .collect::<anyhow::Result<_>>()?;
     let results: Vec<&WindowResult> = parts.iter().flat_map(|p| &p.results).collect();
-    upsert_results(&mut *tx, &results).await?;
+    upsert_results(&mut *tx, group, &results).await?;
     for (p, state) in parts.iter().zip(&states) {
         insert_late(&mut *tx, group, topic, p.partition, &p.late).await?;
         let dead: Vec<&DeadLetter> = p.dead.iter().collect();
@@ -279,13 +282,15 @@ async fn owner_epochs(
 /// that clock, whatever host the aggregator runs on).
 async fn upsert_results(
     conn: &mut MySqlConnection,
+    group: &str,
     results: &[&WindowResult],
 ) -> Result<(), sqlx::Error> {
     for chunk in results.chunks(1000) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; chunk.len()]
-            .join(",");
+        let values =
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; chunk.len()]
+                .join(",");
         let sql = format!(
-            "INSERT INTO stream_agg (start_time, end_time, asset_id_base, asset_id_quote, update_count, avg_rate, \
+            "INSERT INTO stream_agg (consumer_group, window_us, slide_us, start_time, end_time, asset_id_base, asset_id_quote, update_count, avg_rate, \
              min_rate, max_rate, sum_rate, first_rate, last_rate, last_event_time, is_final, updated_at) VALUES {values} \
              ON DUPLICATE KEY UPDATE update_count = VALUES(update_count), avg_rate = VALUES(avg_rate), \
              min_rate = VALUES(min_rate), max_rate = VALUES(max_rate), sum_rate = VALUES(sum_rate), \
@@ -295,6 +300,9 @@ async fn upsert_results(
         let mut q = sqlx::query(&sql);
         for r in chunk {
             q = q
+                .bind(group)
+                .bind(r.spec.size_us)
+                .bind(r.spec.slide_us)
                 .bind(r.window.start.naive_utc())
                 .bind(r.window.end.naive_utc())
                 .bind(r.base.as_str())
@@ -322,9 +330,9 @@ async fn insert_late(
     rows: &[LateRow],
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks(1000) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(",");
         let sql = format!(
-            "INSERT INTO late_events (consumer_group, topic, kafka_partition, kafka_offset, asset_id_base, asset_id_quote, \
+            "INSERT INTO late_events (consumer_group, topic, kafka_partition, kafka_offset, window_us, slide_us, asset_id_base, asset_id_quote, \
              rate, `time`, watermark, windows_missed, applied) VALUES {values} ON DUPLICATE KEY UPDATE id = id"
         );
         let mut q = sqlx::query(&sql);
@@ -334,6 +342,8 @@ async fn insert_late(
                 .bind(topic)
                 .bind(partition)
                 .bind(r.offset)
+                .bind(r.spec.size_us)
+                .bind(r.spec.slide_us)
                 .bind(r.pair.base.as_str())
                 .bind(r.pair.quote.as_str())
                 .bind(r.rate)
@@ -350,7 +360,7 @@ async fn insert_late(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::PartitionEngine;
+    use crate::engine::{PartitionEngine, Specs};
 
     fn flush(epoch: i64, base: Option<i64>, next: i64) -> PartFlush {
         PartFlush {
@@ -358,9 +368,10 @@ mod tests {
             epoch,
             base_offset: base,
             next_offset: next,
-            spec: WindowSpec::tumbling(10_000_000),
+            specs: vec![WindowSpec::tumbling(10_000_000)],
             lateness_us: 0,
-            snapshot: PartitionEngine::new(WindowSpec::tumbling(10_000_000), 0).snapshot(),
+            snapshot: PartitionEngine::new(Specs::one(WindowSpec::tumbling(10_000_000)), 0)
+                .snapshot(),
             results: Vec::new(),
             late: Vec::new(),
             dead: Vec::new(),
