@@ -26,6 +26,7 @@
 //! watermark it arrived at, and counted only in the windows open then.
 
 mod agg;
+mod emit;
 mod specs;
 #[cfg(test)]
 mod tests;
@@ -306,13 +307,13 @@ impl PartitionEngine {
         let (wm, from) = (self.watermark, self.emitted_to);
         let mut out = Vec::new();
         for state in &mut self.pairs {
-            emit_pair(state, &self.specs, from, wm, mode, &mut out);
+            emit::emit_pair(state, &self.specs, from, wm, mode, &mut out);
         }
         out.sort_unstable_by_key(|e| (e.is_final, e.pair, e.spec, e.start));
         self.emitted_to = wm;
         let horizon = self.seen_horizon();
         for state in &mut self.pairs {
-            prune(state, &self.specs, wm, horizon);
+            emit::prune(state, &self.specs, wm, horizon);
         }
         let before = self.pairs.len();
         self.pairs.retain(|s| !s.is_empty());
@@ -426,109 +427,4 @@ impl PartitionEngine {
         }
         Ok(e)
     }
-}
-
-/// Emissions of one pair: per spec, windows ending in `(from, wm]` that hold anything (final),
-/// and in update mode the open windows holding a dirty time.
-fn emit_pair(
-    state: &mut PairState,
-    specs: &Specs,
-    from: i64,
-    wm: i64,
-    mode: Mode,
-    out: &mut Vec<Emission>,
-) {
-    let mut dirty = std::mem::take(&mut state.dirty);
-    dirty.sort_unstable();
-    dirty.dedup();
-    let mut points: Vec<i64> = state.slices.iter().map(|(s, _)| *s).collect();
-    if !state.late.is_empty() {
-        points.extend(state.late.iter().map(|l| l.time));
-        points.sort_unstable();
-    }
-    let mut starts = Vec::new();
-    for (k, spec) in specs.list().iter().enumerate() {
-        let size = spec.size_us;
-        starts.clear();
-        // Final: windows ending in (from, wm].
-        let (lo, hi) = (from.saturating_sub(size) + 1, wm.saturating_sub(size));
-        specs::window_starts(spec, &points, lo, hi, &mut starts);
-        if k == 0 {
-            starts.extend(
-                state
-                    .legacy
-                    .iter()
-                    .map(|(s, _)| *s)
-                    .filter(|s| (lo..=hi).contains(s)),
-            );
-        }
-        if mode == Mode::Update {
-            let lo = wm.saturating_sub(size).saturating_add(1);
-            specs::window_starts(spec, &dirty, lo, i64::MAX, &mut starts);
-        }
-        starts.sort_unstable();
-        starts.dedup();
-        assemble(state, spec, k == 0, &starts, wm, out);
-    }
-}
-
-/// The windows of `spec` starting at `starts` (sorted), from the pair's slices, late updates and
-/// (for the first spec) windows from before slicing; empty ones are skipped.
-fn assemble(
-    state: &PairState,
-    spec: &WindowSpec,
-    first_spec: bool,
-    starts: &[i64],
-    wm: i64,
-    out: &mut Vec<Emission>,
-) {
-    let mut window = agg::Window::default();
-    let mut next = 0;
-    for &start in starts {
-        let end = start + spec.size_us;
-        while let Some((s, a)) = state.slices.get(next).filter(|(s, _)| *s < end) {
-            window.push(*s, *a);
-            next += 1;
-        }
-        window.drop_before(start);
-        let mut agg = window.agg();
-        for l in &state.late {
-            if (start..end).contains(&l.time) && l.arrived < end {
-                agg = agg.merge(&Agg::new(l.time, l.rate));
-            }
-        }
-        if first_spec {
-            if let Ok(i) = state.legacy.binary_search_by_key(&start, |(s, _)| *s) {
-                agg = agg.merge(&state.legacy[i].1);
-            }
-        }
-        if agg.count > 0 {
-            out.push(Emission {
-                pair: state.pair,
-                spec: *spec,
-                start,
-                end,
-                agg,
-                is_final: end <= wm,
-            });
-        }
-    }
-}
-
-/// Drops what no open window holds: slices and late updates whose every window has closed,
-/// windows from before slicing that closed, duplicate-log times behind `horizon`.
-fn prune(state: &mut PairState, specs: &Specs, wm: i64, horizon: i64) {
-    while state
-        .slices
-        .front()
-        .is_some_and(|(s, _)| specs.last_end(*s) <= wm)
-    {
-        state.slices.pop_front();
-    }
-    state.late.retain(|l| specs.last_end(l.time) > wm);
-    state.legacy.retain(|(s, _)| {
-        let size = specs.list()[0].size_us;
-        s + size > wm
-    });
-    state.seen.prune_before(horizon);
 }
