@@ -109,6 +109,7 @@ pub struct AggregatorFigures {
     /// Messages the database refused (pinned by narrowing a refused flush down; dead letters).
     pub rejected: u64,
     pub windows_emitted: u64,
+    /// The state held: slices (and windows from before slicing) of every partition.
     pub open_windows: usize,
     pub db_retries: u64,
     /// Largest distance of a partition's watermark behind the wall clock.

@@ -74,6 +74,6 @@ pub async fn restore(
         store::restore(pool, offsets, p, &config.specs, config.lateness_us)
     })
     .await?;
-    tracing::info!(partition = p, next_offset = ?restored.next_offset, open_windows = restored.engine.open_windows(), unpublished = restored.unpublished.len(), "partition state restored");
+    tracing::info!(partition = p, next_offset = ?restored.next_offset, slices = restored.engine.slices_held(), unpublished = restored.unpublished.len(), "partition state restored");
     Ok((Part::new(restored), retries))
 }

@@ -182,7 +182,7 @@ fn run(
     }
     engine.advance_to(i64::MAX);
     take(&mut engine, &mut finals)?;
-    prop_assert_eq!(engine.open_windows(), 0);
+    prop_assert_eq!(engine.slices_held(), 0);
     Ok((finals, late))
 }
 

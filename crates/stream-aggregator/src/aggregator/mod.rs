@@ -91,7 +91,7 @@ impl Aggregator {
 
     /// The figures of this run.
     pub fn figures(&self) -> common::figures::AggregatorFigures {
-        let open = self.parts.values().map(|p| p.engine.open_windows()).sum();
+        let open = self.parts.values().map(|p| p.engine.slices_held()).sum();
         let watermarks = self.parts.values().map(|p| p.engine.watermark());
         self.stats.snapshot(open, watermarks)
     }

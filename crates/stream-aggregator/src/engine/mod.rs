@@ -221,7 +221,7 @@ impl PartitionEngine {
     }
 
     /// Slices (and windows from before slicing) held.
-    pub fn open_windows(&self) -> usize {
+    pub fn slices_held(&self) -> usize {
         self.pairs
             .iter()
             .map(|p| p.slices.len() + p.legacy.len())

@@ -117,7 +117,7 @@ fn idle_advance_closes_the_last_windows() {
     let em = e.take_emissions(Mode::Append);
     assert_eq!(em.len(), 1);
     assert!(em[0].is_final);
-    assert_eq!(e.open_windows(), 0);
+    assert_eq!(e.slices_held(), 0);
 }
 
 #[test]
@@ -238,7 +238,7 @@ fn one_update_feeds_every_spec_and_lateness_is_per_spec() {
             w.end / MIN
         );
     }
-    assert_eq!(e.open_windows(), 0, "everything closed is dropped");
+    assert_eq!(e.slices_held(), 0, "everything closed is dropped");
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn sliding_windows_cost_one_slice_per_update() {
         e.apply(p, t * 1_000_000, 1.0);
     }
     assert_eq!(
-        e.open_windows(),
+        e.slices_held(),
         600,
         "one slice per second, not 600 windows per update"
     );
@@ -285,5 +285,5 @@ fn a_state_from_before_slicing_goes_on() {
         .map(|x| (x.start / MIN, x.agg.count, x.agg.total()))
         .collect();
     assert_eq!(got, vec![(0, 3, 16.0), (5, 3, 16.0)]);
-    assert_eq!(e.open_windows(), 0);
+    assert_eq!(e.slices_held(), 0);
 }
