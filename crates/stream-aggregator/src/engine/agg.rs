@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// An [`Agg`] as stored: `(count, sum, comp, min, max, first_time, first_rate, last_time,
+/// last_rate)`, a JSON array (the state holds many).
+pub type Row = (u64, f64, f64, f64, f64, i64, f64, i64, f64);
+
 /// Aggregates of one (pair, window) or (pair, slice).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Agg {
@@ -101,6 +105,35 @@ impl Agg {
             self.last_rate = other.last_rate;
         }
         self
+    }
+
+    pub fn row(&self) -> Row {
+        let a = self;
+        (
+            a.count,
+            a.sum,
+            a.comp,
+            a.min,
+            a.max,
+            a.first_time,
+            a.first_rate,
+            a.last_time,
+            a.last_rate,
+        )
+    }
+
+    pub fn from_row(r: &Row) -> Self {
+        Agg {
+            count: r.0,
+            sum: r.1,
+            comp: r.2,
+            min: r.3,
+            max: r.4,
+            first_time: r.5,
+            first_rate: r.6,
+            last_time: r.7,
+            last_rate: r.8,
+        }
     }
 
     /// The sum of the rates.

@@ -101,9 +101,9 @@ pub enum Mode {
 pub struct Snapshot {
     pub max_event: Option<i64>,
     pub watermark: i64,
-    /// Slices: (pair text, start, aggregates).
+    /// Per pair (text) its slices, each `(start, aggregates as a row)` ([`Agg::row`]).
     #[serde(default)]
-    pub slices: Vec<(String, i64, Agg)>,
+    pub slices: Vec<(String, Vec<(i64, agg::Row)>)>,
     /// Updates applied to only some of their windows: (pair text, time, rate, watermark then).
     #[serde(default)]
     pub late: Vec<(String, i64, f64, i64)>,
@@ -369,8 +369,10 @@ impl PartitionEngine {
         };
         for s in pairs {
             let name = s.pair.to_string();
-            snap.slices
-                .extend(s.slices.iter().map(|(t, a)| (name.clone(), *t, *a)));
+            if !s.slices.is_empty() {
+                let rows = s.slices.iter().map(|(t, a)| (*t, a.row())).collect();
+                snap.slices.push((name.clone(), rows));
+            }
             snap.late.extend(
                 s.late
                     .iter()
@@ -395,14 +397,11 @@ impl PartitionEngine {
         e.max_event = snapshot.max_event;
         e.watermark = snapshot.watermark;
         e.emitted_to = snapshot.watermark;
-        for (p, start, agg) in &snapshot.slices {
+        for (p, rows) in &snapshot.slices {
             let i = e.pair_index(p.parse()?);
             let slices = &mut e.pairs[i].slices;
-            let at = slices.partition_point(|(s, _)| s < start);
-            match slices.get_mut(at) {
-                Some((s, a)) if s == start => *a = a.merge(agg),
-                _ => slices.insert(at, (*start, *agg)),
-            }
+            slices.extend(rows.iter().map(|(start, row)| (*start, Agg::from_row(row))));
+            slices.make_contiguous().sort_unstable_by_key(|(s, _)| *s);
         }
         for (p, time, rate, arrived) in &snapshot.late {
             let i = e.pair_index(p.parse()?);

@@ -159,16 +159,35 @@ fn decode_outbox(bytes: Option<&[u8]>) -> anyhow::Result<Vec<WindowResult>> {
     let Some(bytes) = bytes.filter(|b| !b.is_empty()) else {
         return Ok(Vec::new());
     };
-    let messages: Vec<String> = serde_json::from_slice(bytes)?;
+    // A JSON array of the messages themselves; an outbox written before was an array of the
+    // messages as strings.
+    let first = bytes.iter().skip(1).find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'"') {
+        let messages: Vec<String> = serde_json::from_slice(bytes)?;
+        return Ok(messages
+            .iter()
+            .filter_map(|m| WindowResult::from_json(m.as_bytes()).ok())
+            .collect());
+    }
+    let messages: Vec<&serde_json::value::RawValue> = serde_json::from_slice(bytes)?;
     Ok(messages
         .iter()
-        .filter_map(|m| WindowResult::from_json(m.as_bytes()).ok())
+        .filter_map(|m| WindowResult::from_json(m.get().as_bytes()).ok())
         .collect())
 }
 
+/// The outbox as a JSON array of the messages (each already JSON: nothing to escape).
 pub(super) fn encode_outbox(results: &[WindowResult]) -> Vec<u8> {
-    let messages: Vec<String> = results.iter().map(WindowResult::to_json).collect();
-    serde_json::to_vec(&messages).expect("strings always serialize")
+    let mut out = Vec::with_capacity(2 + results.len() * 400);
+    out.push(b'[');
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(r.to_json().as_bytes());
+    }
+    out.push(b']');
+    out
 }
 
 #[cfg(test)]
@@ -179,9 +198,15 @@ mod tests {
     fn the_outbox_round_trips_and_tolerates_absence() {
         let r = WindowResult::from_json(br#"{"window":{"start":"2024-08-05T13:35:00Z","end":"2024-08-05T13:40:00Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":3,"avg_rate":2.0,"min_rate":1.0,"max_rate":3.0,"sum_rate":6.0,"is_final":true}"#).unwrap();
         let bytes = encode_outbox(&[r.clone(), r.clone()]);
-        assert_eq!(decode_outbox(Some(&bytes)).unwrap(), vec![r.clone(), r]);
+        assert_eq!(
+            decode_outbox(Some(&bytes)).unwrap(),
+            vec![r.clone(), r.clone()]
+        );
         assert!(decode_outbox(None).unwrap().is_empty());
         assert!(decode_outbox(Some(b"")).unwrap().is_empty());
         assert!(decode_outbox(Some(b"{")).is_err());
+        // An outbox written before: the messages as strings.
+        let old = serde_json::to_vec(&vec![r.to_json()]).unwrap();
+        assert_eq!(decode_outbox(Some(&old)).unwrap(), vec![r]);
     }
 }
