@@ -154,8 +154,9 @@ pub struct WindowResult {
     pub last_event_time: Option<DateTime<Utc>>,
     /// The watermark passed the window's end: this is the window's last emission.
     pub is_final: bool,
-    /// The aggregator group that computed it (empty in messages from before groups were recorded).
-    pub group: String,
+    /// The aggregator group that computed it (empty in messages from before groups were
+    /// recorded); shared, as every result of a run has the same.
+    pub group: std::sync::Arc<str>,
     /// The window spec it belongs to (for messages without one: tumbling, its bounds' length).
     pub spec: WindowSpec,
 }
@@ -210,7 +211,7 @@ impl WindowResult {
             last_rate: Some(self.last_rate),
             last_event_time: self.last_event_time.map(format_time),
             is_final: self.is_final,
-            consumer_group: self.group.clone(),
+            consumer_group: self.group.to_string(),
             window_us: Some(self.spec.size_us),
             slide_us: Some(self.spec.slide_us),
         };
@@ -289,7 +290,7 @@ impl WindowResult {
                 None => None,
             },
             is_final: wire.is_final,
-            group: wire.consumer_group,
+            group: wire.consumer_group.into(),
             spec,
         })
     }
@@ -344,7 +345,7 @@ mod tests {
         assert_eq!(WindowResult::from_json(f.to_json().as_bytes()).unwrap(), f);
         // Messages without a spec are tumbling windows of their length, of no recorded group.
         assert_eq!(w.spec, WindowSpec::tumbling(5 * 60_000_000));
-        assert_eq!(w.group, "");
+        assert_eq!(&*w.group, "");
         f.group = "g1".into();
         f.spec = WindowSpec::sliding(5 * 60_000_000, 60_000_000);
         assert_eq!(WindowResult::from_json(f.to_json().as_bytes()).unwrap(), f);

@@ -62,7 +62,7 @@ const TUNING: [(&str, &str); 3] = [
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The consumer group: the key of the state, and of every row and message written.
-    pub group: String,
+    pub group: std::sync::Arc<str>,
     pub specs: Specs,
     pub lateness_us: i64,
     pub mode: Mode,
@@ -74,7 +74,7 @@ pub struct Config {
 pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     metrics::init();
     let config = Config {
-        group: settings.group.clone(),
+        group: settings.group.as_str().into(),
         specs: settings.specs()?,
         lateness_us: settings.lateness_us(),
         mode: settings.engine_mode(),

@@ -28,35 +28,35 @@ impl Outbox {
         }
     }
 
-    /// Publishes results keyed `BASE/QUOTE` and waits for their delivery; returns those not
-    /// delivered (kept for the next flush).
-    pub async fn publish(&self, results: Vec<WindowResult>) -> Vec<WindowResult> {
+    /// Publishes results (each of its partition) keyed `BASE/QUOTE` and waits for their
+    /// delivery; returns those not delivered (kept for the next flush).
+    pub async fn publish(&self, results: Vec<(i32, WindowResult)>) -> Vec<(i32, WindowResult)> {
         let mut pending = Vec::with_capacity(results.len());
         let mut results = results.into_iter();
-        for r in results.by_ref() {
+        for (p, r) in results.by_ref() {
             let key = format!("{}/{}", r.base, r.quote);
             let payload = r.to_json();
             let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
             match self.producer.send_result(record) {
-                Ok(delivery) => pending.push((r, delivery)),
+                Ok(delivery) => pending.push((p, r, delivery)),
                 Err((e, _)) => {
                     tracing::warn!(error = %e, "enqueueing a window result failed; kept for the next flush");
-                    let mut failed = vec![r];
+                    let mut failed = vec![(p, r)];
                     failed.extend(results);
-                    failed.extend(pending.into_iter().map(|(r, _)| r));
+                    failed.extend(pending.into_iter().map(|(p, r, _)| (p, r)));
                     return failed;
                 }
             }
         }
         let mut failed = Vec::new();
-        for (r, delivery) in pending {
+        for (p, r, delivery) in pending {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
                     tracing::warn!(error = %e, "publishing a window result failed; kept for the next flush");
-                    failed.push(r);
+                    failed.push((p, r));
                 }
-                Err(_) => failed.push(r),
+                Err(_) => failed.push((p, r)),
             }
         }
         failed

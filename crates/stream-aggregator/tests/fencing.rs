@@ -35,7 +35,7 @@ fn flush(
     let results = engine
         .take_emissions(Mode::Update)
         .iter()
-        .map(|e| to_result(e, GROUP))
+        .map(|e| to_result(e, &GROUP.into()))
         .collect();
     PartFlush {
         partition: 0,

@@ -89,7 +89,7 @@ impl Sink for CountSink {
     fn parse(&self, _meta: Meta, payload: &[u8]) -> Result<WindowCount, Refusal> {
         let w = WindowResult::from_json(payload)?;
         Ok(WindowCount {
-            group: w.group,
+            group: w.group.to_string(),
             spec: w.spec,
             base: w.base,
             quote: w.quote,

@@ -220,14 +220,8 @@ impl Aggregator {
         if results.is_empty() {
             return;
         }
-        let partition_of: Vec<(i32, WindowResult)> = results.clone();
-        let failed = self
-            .outbox
-            .publish(results.into_iter().map(|(_, r)| r).collect())
-            .await;
-        for r in failed {
-            let p = partition_of.iter().find(|(_, x)| *x == r).map(|(p, _)| *p);
-            if let Some(part) = p.and_then(|p| self.parts.get_mut(&p)) {
+        for (p, r) in self.outbox.publish(results).await {
+            if let Some(part) = self.parts.get_mut(&p) {
                 part.unpublished.push(r);
             }
         }
@@ -257,8 +251,6 @@ pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<Par
         .iter()
         .map(|e| to_result(e, &config.group))
         .collect();
-    let mut outbox = part.unpublished.clone();
-    outbox.extend(results.iter().cloned());
     Some(PartFlush {
         partition: p,
         epoch: part.epoch,
@@ -273,7 +265,7 @@ pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<Par
         new_seen: part.engine.take_new_seen(),
         seen_seq: part.seen_seq,
         seen_horizon: part.engine.seen_horizon(),
-        unpublished: outbox,
+        unpublished: part.unpublished.clone(),
         replayed: Vec::new(),
     })
 }
@@ -349,7 +341,7 @@ fn write_parts(
 }
 
 /// The window result (message and row) of an engine emission.
-pub fn to_result(e: &Emission, group: &str) -> WindowResult {
+pub fn to_result(e: &Emission, group: &std::sync::Arc<str>) -> WindowResult {
     let dt = |us: i64| DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_default();
     WindowResult {
         window: WindowBounds {
@@ -367,7 +359,7 @@ pub fn to_result(e: &Emission, group: &str) -> WindowResult {
         last_rate: e.agg.last_rate,
         last_event_time: Some(dt(e.agg.last_time)),
         is_final: e.is_final,
-        group: group.to_owned(),
+        group: group.clone(),
         spec: e.spec,
     }
 }

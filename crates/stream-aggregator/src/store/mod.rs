@@ -63,7 +63,7 @@ pub async fn record_specs(
              VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE watermark_us = VALUES(watermark_us), \
              mode = VALUES(mode), updated_at = VALUES(updated_at)",
         )
-        .bind(&config.group)
+        .bind(&*config.group)
         .bind(spec.size_us)
         .bind(spec.slide_us)
         .bind(config.lateness_us)

@@ -177,10 +177,10 @@ fn decode_outbox(bytes: Option<&[u8]>) -> anyhow::Result<Vec<WindowResult>> {
 }
 
 /// The outbox as a JSON array of the messages (each already JSON: nothing to escape).
-pub(super) fn encode_outbox(results: &[WindowResult]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + results.len() * 400);
+pub(super) fn encode_outbox<'a>(results: impl Iterator<Item = &'a WindowResult>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4096);
     out.push(b'[');
-    for (i, r) in results.iter().enumerate() {
+    for (i, r) in results.enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn the_outbox_round_trips_and_tolerates_absence() {
         let r = WindowResult::from_json(br#"{"window":{"start":"2024-08-05T13:35:00Z","end":"2024-08-05T13:40:00Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":3,"avg_rate":2.0,"min_rate":1.0,"max_rate":3.0,"sum_rate":6.0,"is_final":true}"#).unwrap();
-        let bytes = encode_outbox(&[r.clone(), r.clone()]);
+        let bytes = encode_outbox([r.clone(), r.clone()].iter());
         assert_eq!(
             decode_outbox(Some(&bytes)).unwrap(),
             vec![r.clone(), r.clone()]

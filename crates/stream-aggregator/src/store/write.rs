@@ -76,7 +76,8 @@ pub struct PartFlush {
     pub seen_seq: i64,
     /// Duplicate-log entries older than this are dropped.
     pub seen_horizon: i64,
-    /// Results not yet confirmed published: earlier failures and this flush's (the outbox).
+    /// Results of earlier flushes not yet confirmed published; with this flush's `results`,
+    /// the outbox.
     pub unpublished: Vec<WindowResult>,
     /// Dead letters this flush applies (a replay): marked replayed in its transaction.
     pub replayed: Vec<i64>,
@@ -217,7 +218,7 @@ async fn write_parts(
         .bind(p.partition)
         .bind(p.written_seen_seq())
         .bind(state.as_slice())
-        .bind(encode_outbox(&p.unpublished))
+        .bind(encode_outbox(p.unpublished.iter().chain(&p.results)))
         .execute(&mut *tx)
         .await?;
     }
