@@ -494,6 +494,10 @@ async fn check_report_api(base: &str) {
     let r = reqwest::get(format!("{base}/api/report")).await.unwrap();
     assert_eq!(r.status(), 200);
     let report: Value = r.json().await.unwrap();
+    let sections = report["sections"].as_array().cloned().unwrap_or_default();
+    assert_eq!(sections.len(), 1, "the aggregator's one spec: {report}");
+    assert_eq!(sections[0]["label"], "10s");
+    let report = &sections[0];
     assert!(
         report["accuracy"]["windows_compared"].as_u64() > Some(0),
         "{}",

@@ -113,7 +113,7 @@ async fn windows(db: &TestDb, bases: &[&str], count: i64) {
                     let t = |us: i64| lagging::time(us).format("%Y-%m-%d %H:%M:%S%.6f").to_string();
                     let s = T0 + k * WINDOW;
                     format!(
-                        "('{}', '{}', '{base}', 'USD', 3, 2.0, 1.0, 3.0, 6.0, 1.0, 3.0, '{}', TRUE, UTC_TIMESTAMP(6))",
+                        "('{GROUP}', {WINDOW}, {WINDOW}, '{}', '{}', '{base}', 'USD', 3, 2.0, 1.0, 3.0, 6.0, 1.0, 3.0, '{}', TRUE, UTC_TIMESTAMP(6))",
                         t(s),
                         t(s + WINDOW),
                         t(s + WINDOW - 1)
@@ -121,8 +121,9 @@ async fn windows(db: &TestDb, bases: &[&str], count: i64) {
                 })
                 .collect();
             sqlx::query(&format!(
-                "INSERT INTO stream_agg (start_time, end_time, asset_id_base, asset_id_quote, update_count, \
-                 avg_rate, min_rate, max_rate, sum_rate, first_rate, last_rate, last_event_time, is_final, updated_at) \
+                "INSERT INTO stream_agg (consumer_group, window_us, slide_us, start_time, end_time, \
+                 asset_id_base, asset_id_quote, update_count, avg_rate, min_rate, max_rate, sum_rate, \
+                 first_rate, last_rate, last_event_time, is_final, updated_at) \
                  VALUES {}",
                 values.join(",")
             ))
