@@ -81,12 +81,23 @@ impl Pipeline<'_> {
     /// its one `--window`.
     fn aggregator(&self) -> Command {
         let bin = service_binary("stream-aggregator");
-        let mut c = service_command(bin.to_str().unwrap(), self.db, &self.kafka.bootstrap_servers);
+        let mut c = service_command(
+            bin.to_str().unwrap(),
+            self.db,
+            &self.kafka.bootstrap_servers,
+        );
         c.env("RAW_TOPIC", &self.raw)
             .env("AGG_TOPIC", &self.agg)
             .env("AGGREGATOR_GROUP", self.kafka.group("agg"))
             .env("KAFKA_SESSION_TIMEOUT", "6s")
-            .args(["--windows", SPECS, "--watermark", "5s", "--idle-timeout", "3s"])
+            .args([
+                "--windows",
+                SPECS,
+                "--watermark",
+                "5s",
+                "--idle-timeout",
+                "3s",
+            ])
             .args(["--flush-interval", "100ms"])
             .stdout(std::process::Stdio::null())
             .stderr(log_to(&self.logs, "stream-aggregator"));
@@ -207,7 +218,10 @@ async fn check_tables_and_report(p: &Pipeline<'_>) {
         check_section(section(&json, label), label);
     }
     assert!(
-        section(&json, "10s")["accuracy"]["matched"].as_u64().unwrap() >= 16,
+        section(&json, "10s")["accuracy"]["matched"]
+            .as_u64()
+            .unwrap()
+            >= 16,
         "{}",
         section(&json, "10s")["accuracy"]
     );
@@ -232,7 +246,10 @@ fn check_section(s: &serde_json::Value, label: &str) {
     let size = s["spec"]["size_us"].as_i64().unwrap();
     for (pair, list) in s["windows"].as_object().unwrap() {
         for w in list.as_array().unwrap() {
-            let (start, end) = (w["start_us"].as_i64().unwrap(), w["end_us"].as_i64().unwrap());
+            let (start, end) = (
+                w["start_us"].as_i64().unwrap(),
+                w["end_us"].as_i64().unwrap(),
+            );
             assert_eq!(end - start, size, "{label} {pair}: {w}");
         }
     }
@@ -340,7 +357,11 @@ fn check_filters(p: &Pipeline<'_>, full: &serde_json::Value) {
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["sections"].as_array().map(Vec::len), Some(1), "--window 10s only");
+    assert_eq!(
+        json["sections"].as_array().map(Vec::len),
+        Some(1),
+        "--window 10s only"
+    );
     let json = section(&json, "10s");
     let windows = json["windows"].as_object().unwrap();
     assert_eq!(windows.keys().collect::<Vec<_>>(), vec![&pair]);

@@ -29,7 +29,11 @@ fn compare(db: &TestDb, raw_group: &str) -> (Option<i32>, Value, String) {
     let json: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
     let sections = json["sections"].as_array().cloned().unwrap_or_default();
-    assert_eq!(sections.len(), 1, "one section, the group's one spec: {json}");
+    assert_eq!(
+        sections.len(),
+        1,
+        "one section, the group's one spec: {json}"
+    );
     assert_eq!(sections[0]["label"], "10s", "{json}");
     (out.status.code(), sections[0].clone(), stderr)
 }
