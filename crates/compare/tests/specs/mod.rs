@@ -126,7 +126,8 @@ pub fn windows(spec: WindowSpec, events: &[Event]) -> BTreeMap<(&'static str, i6
 }
 
 /// The group's final windows of `spec` over `applied` (every event it applied to that spec) and
-/// the update counter's rows of them; returns how many windows.
+/// the update counter's rows of them (replacing those of the same windows); returns how many
+/// windows.
 pub async fn stream(db: &TestDb, group: &str, spec: WindowSpec, applied: &[Event]) -> usize {
     let all = windows(spec, applied);
     for ((base, start), w) in &all {
@@ -134,7 +135,11 @@ pub async fn stream(db: &TestDb, group: &str, spec: WindowSpec, applied: &[Event
             "INSERT INTO stream_agg (consumer_group, window_us, slide_us, start_time, end_time, \
              asset_id_base, asset_id_quote, update_count, avg_rate, min_rate, max_rate, sum_rate, \
              first_rate, last_rate, last_event_time, is_final, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, 'USD', ?, ?, ?, ?, ?, ?, ?, ?, TRUE, UTC_TIMESTAMP(6))",
+             VALUES (?, ?, ?, ?, ?, ?, 'USD', ?, ?, ?, ?, ?, ?, ?, ?, TRUE, UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE update_count = VALUES(update_count), avg_rate = VALUES(avg_rate), \
+             min_rate = VALUES(min_rate), max_rate = VALUES(max_rate), sum_rate = VALUES(sum_rate), \
+             first_rate = VALUES(first_rate), last_rate = VALUES(last_rate), \
+             last_event_time = VALUES(last_event_time), updated_at = VALUES(updated_at)",
         )
         .bind(group)
         .bind(spec.size_us)
@@ -156,7 +161,8 @@ pub async fn stream(db: &TestDb, group: &str, spec: WindowSpec, applied: &[Event
         sqlx::query(
             "INSERT INTO coin_update_count (consumer_group, window_us, slide_us, start_time, \
              end_time, asset_id_base, asset_id_quote, update_count, is_final) \
-             VALUES (?, ?, ?, ?, ?, ?, 'USD', ?, TRUE)",
+             VALUES (?, ?, ?, ?, ?, ?, 'USD', ?, TRUE) \
+             ON DUPLICATE KEY UPDATE update_count = VALUES(update_count)",
         )
         .bind(group)
         .bind(spec.size_us)
