@@ -155,7 +155,7 @@ async fn shows(browser: &Browser, window: &str, candles: usize) -> Value {
             &format!(
                 "const svgs = [...document.querySelectorAll('svg.pair-chart')]; \
                  return svgs.length === 2 && svgs.every(s => s.dataset.window === '{window}') \
-                 && document.querySelectorAll('svg.pair-chart rect.candle').length === {candles};"
+                 && document.querySelectorAll('svg.pair-chart g.window rect.candle').length === {candles};"
             ),
             Duration::from_secs(10),
         )
