@@ -1,6 +1,6 @@
 //! The comparison report: one section per window spec of the aggregator group ([`SpecReport`]:
 //! the verdict window by window, update counts, pending windows, both sides' figures), in one
-//! [`Report`] of the run; and its renderings ([`render`]): a terminal table, JSON, Markdown, and
+//! [`Report`] of the run; and its renderings (`render`): a terminal table, JSON, Markdown, and
 //! one self-contained HTML file whose charts are drawn by the dashboard's own chart script
 //! (inlined, with the report's data: the same charts as `compare serve`, offline).
 

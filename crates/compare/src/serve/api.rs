@@ -1,5 +1,5 @@
 //! The dashboard's HTTP surface: the page and its files, `/events`, `/api/*`, `/healthz`.
-//! Query parameters are parsed and checked first ([`super::params`]): bad input gets 400 with a
+//! Query parameters are parsed and checked first (`params`): bad input gets 400 with a
 //! JSON error and never reaches SQL (and the API answers from memory anyway). `window` picks one
 //! of the group's specs (`10s`, `1h/1m`, URL-encoded); the page's first is the default.
 

@@ -10,7 +10,7 @@
 //!   dropped by [`Live`];
 //! - `raw_coin_data` and `late_events` by id (primary key) with the same margin: each new row marks
 //!   its pair's slide bucket (a raw row in every spec, a late event in its own), and the windows
-//!   over marked buckets are recomputed by range scans ([`super::changes`]);
+//!   over marked buckets are recomputed by range scans (`changes`);
 //! - a stream window that changed and does not match its batch side is recomputed too;
 //! - the groups' offsets and each spec's watermark, for the windows not settled yet
 //!   ([`crate::settle`]);
