@@ -271,13 +271,14 @@ fn check_section(s: &serde_json::Value, label: &str) {
 /// stops with a configuration error naming the setting; a scope with no window of either side
 /// compares nothing, and the report says so and fails.
 fn check_wrong_group(p: &Pipeline<'_>) {
+    let group = p.kafka.group("agg");
+    let typo = format!("{group}-typo");
     let run = |extra: &[&str]| {
         let out = service_command(
             env!("CARGO_BIN_EXE_compare"),
             p.db,
             &p.kafka.bootstrap_servers,
         )
-        .args(["--group", &format!("{}-typo", p.kafka.group("agg"))])
         .env("RAW_CONSUMER_GROUP", p.kafka.group("raw"))
         .args(extra)
         .output()
@@ -285,14 +286,13 @@ fn check_wrong_group(p: &Pipeline<'_>) {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
-    let (code, _, stderr) = run(&[]);
+    let (code, _, stderr) = run(&["--group", &typo]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("AGGREGATOR_GROUP") && stderr.contains("no window spec recorded"),
         "{stderr}"
     );
     // 7 s windows: the group has none.
-    let group = p.kafka.group("agg");
     let (code, _, stderr) = run(&["--group", &group, "--window", "7s"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
