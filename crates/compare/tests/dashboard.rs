@@ -549,7 +549,9 @@ async fn check_pair_selector(browser: &Browser, pair: &str) {
 async fn screenshot(browser: &Browser) {
     let png = browser.client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard.png");
+    // The target directory (this test runs as target/<profile>/deps/dashboard-*), wherever it is.
+    let exe = std::env::current_exe().unwrap();
+    let target = exe.ancestors().nth(3).unwrap().join("dashboard.png");
     std::fs::write(&target, &png).unwrap();
     if let Ok(path) = std::env::var("COINSTREAM_DASHBOARD_PNG") {
         std::fs::write(path, &png).unwrap();
