@@ -194,7 +194,14 @@ async fn report(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let key = q.get("window").cloned().unwrap_or_default();
+    // Cached by the spec's label (any spelling of it is the same report; none: every spec).
+    let key = match q.get("window") {
+        None => String::new(),
+        Some(_) => match params::resolution(&*s.state.read().await, &q) {
+            Ok((spec, _)) => spec.label(),
+            Err(e) => return *e,
+        },
+    };
     let mut cached = s.reports.lock().await;
     if let Some((at, body)) = cached.get(&key) {
         if at.elapsed() < REPORT_TTL {
