@@ -47,7 +47,7 @@ if [ "$RUNS" -gt 0 ]; then
     wall=$(elapsed "$t0")
     python3 - "$work/report.json" "$run" "$wall" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1]))
+r = json.load(open(sys.argv[1]))["sections"][0]
 a = r["accuracy"]
 print(f"compare run {sys.argv[2]} ({r['batch_mode']}): {float(sys.argv[3]):.2f} s wall; batch "
       f"{r['batch_seconds']:.2f} s over {r['raw_rows']} rows; windows compared {a['windows_compared']}, "

@@ -1,5 +1,6 @@
-// coinstream live: loads the pairs and their windows, then follows /events (Server-Sent Events,
-// reconnected by the browser). Charts by chart.js.
+// coinstream live: loads the pairs and their windows of one window spec (the resolution
+// selector; `?window=` in the page's address too), then follows /events (Server-Sent Events,
+// reconnected by the browser; events of other specs are left out). Charts by chart.js.
 (function () {
   "use strict";
   const C = window.CoinCharts;
@@ -7,6 +8,7 @@
   const st = {
     meta: null,
     spec: null,
+    window: new URLSearchParams(location.search).get("window"), // the spec shown (its label)
     windows: new Map(), // pair -> Map(start_us -> view)
     latest: new Map(), // pair -> latest window start
     dirty: new Set(),
@@ -71,10 +73,15 @@
     sel.insertBefore(o, after || null);
   }
 
+  // `&window=<label>` of the spec shown (none before the first answer: the server's first spec).
+  function windowParam() {
+    return st.window ? "&window=" + encodeURIComponent(st.window) : "";
+  }
+
   async function loadPair(pair) {
     const latest = st.latest.get(pair);
     const since = latest === undefined ? "" : "&since=" + encodeURIComponent(C.iso(latest - range()));
-    const body = await getJson("/api/windows?pair=" + encodeURIComponent(pair) + since);
+    const body = await getJson("/api/windows?pair=" + encodeURIComponent(pair) + since + windowParam());
     st.windows.set(pair, new Map());
     for (const v of body.windows) store(v);
     st.dirty.add(pair);
@@ -85,11 +92,21 @@
     if (st.loading) return st.loading;
     st.loading = (async () => {
       try {
-        const meta = await getJson("/api/meta");
+        let meta;
+        try {
+          meta = await getJson("/api/meta?" + windowParam().slice(1));
+        } catch (e) {
+          // A spec the group does not have (an old address): its first one.
+          if (!st.window) throw e;
+          st.window = null;
+          meta = await getJson("/api/meta");
+        }
         st.meta = meta;
         st.spec = meta.spec;
+        st.window = meta.window;
         st.db = meta.db;
         st.waiting = meta.waiting;
+        renderSpecs(meta);
         renderSummary(meta.accuracy);
         $("spec").textContent = meta.spec
           ? "group " + meta.group + ": " + C.windowSpan(meta.spec)
@@ -111,6 +128,37 @@
       }
     })();
     return st.loading;
+  }
+
+  // The resolution selector: one option per spec of the group, the one shown selected.
+  function renderSpecs(meta) {
+    const sel = $("window");
+    const labels = (meta.specs || []).map((s) => s.label);
+    if ([...sel.options].map((o) => o.value).join() !== labels.join()) {
+      sel.replaceChildren(...(meta.specs || []).map((s) => {
+        const o = document.createElement("option");
+        o.value = s.label;
+        o.textContent = s.label + ": " + C.windowSpan(s);
+        return o;
+      }));
+    }
+    if (st.window) sel.value = st.window;
+    $("charts").dataset.window = st.window || "";
+  }
+
+  // Another spec: everything of the one shown is dropped, the other's loaded.
+  async function switchWindow(label) {
+    // A load of the other spec under way finishes first (its windows are dropped below).
+    if (st.loading) await st.loading;
+    st.window = label;
+    st.windows = new Map();
+    st.latest = new Map();
+    st.dirty = new Set();
+    $("charts").replaceChildren();
+    const url = new URL(location.href);
+    url.searchParams.set("window", label);
+    history.replaceState(null, "", url);
+    await reload();
   }
 
   function section(pair) {
@@ -146,7 +194,7 @@
       const s = section(pair);
       const bad = views.filter((v) => v.status === "differs" || v.status === "missing" || v.status === "extra").length;
       s.querySelector("h3").textContent = `${pair}: ${views.length} windows` + (bad ? `, ${bad} differ` : "");
-      C.pairChart(s.querySelector(".box"), pair, views, st.spec, { width: width, height: only ? 380 : 280 });
+      C.pairChart(s.querySelector(".box"), pair, views, st.spec, { width: width, height: only ? 380 : 280, window: st.window });
     }
     st.dirty = new Set(only ? [...st.dirty].filter((p) => p !== only) : []);
   }
@@ -268,10 +316,15 @@
       showStatus();
     });
     es.addEventListener("windows", (e) => {
-      for (const v of JSON.parse(e.data)) store(v);
+      const d = JSON.parse(e.data);
+      if (d.window !== st.window) return;
+      for (const v of d.views) store(v);
       schedule();
     });
-    es.addEventListener("summary", (e) => renderSummary(JSON.parse(e.data)));
+    es.addEventListener("summary", (e) => {
+      const d = JSON.parse(e.data);
+      if (d.window === st.window) renderSummary(d.accuracy);
+    });
     es.addEventListener("pipeline", (e) => renderPipeline(JSON.parse(e.data)));
     es.addEventListener("status", (e) => {
       const s = JSON.parse(e.data);
@@ -285,6 +338,7 @@
     es.addEventListener("resync", () => reload());
   }
 
+  $("window").addEventListener("change", () => switchWindow($("window").value));
   $("pair").addEventListener("change", () => {
     for (const p of st.windows.keys()) st.dirty.add(p);
     render();

@@ -1,5 +1,6 @@
-// coinstream charts: SVG drawn from window views (the shape of /api/windows). Used by the live
-// page and inlined in the static HTML report. No dependencies.
+// coinstream charts: SVG drawn from window views (the shape of /api/windows): per pair a candle
+// per window, the batch average and update counts. Used by the live page and inlined in the
+// static HTML report. No dependencies.
 (function (global) {
   "use strict";
   const NS = "http://www.w3.org/2000/svg";
@@ -56,7 +57,7 @@
     return w.stream || w.batch;
   }
 
-  // Runs of windows without gaps (a gap breaks the lines and the band).
+  // Runs of windows without gaps (a gap breaks the batch line).
   function runs(windows, slide) {
     const out = [];
     let run = [];
@@ -71,8 +72,29 @@
     return out;
   }
 
-  // One pair: average with the min-max band, stream and batch; update counts below; differing
-  // windows marked. `windows` sorted by start.
+  // One window's candle (the stream's: open = first rate, high = max, low = min, close = last
+  // rate) centred at `cx`, `bw` wide; a window only the batch side has gets its high-low wick.
+  function candle(g, w, cx, bw, py) {
+    const a = w.stream;
+    if (!a || w.first_rate === undefined || w.last_rate === undefined) {
+      const b = w.batch;
+      el("line", { class: "wick batch-only", x1: cx, x2: cx, y1: py(b.max), y2: py(b.min) }, g);
+      return;
+    }
+    const open = w.first_rate, close = w.last_rate;
+    g.dataset.open = open;
+    g.dataset.close = close;
+    g.dataset.high = a.max;
+    g.dataset.low = a.min;
+    el("line", { class: "wick", x1: cx, x2: cx, y1: py(a.max), y2: py(a.min) }, g);
+    const top = py(Math.max(open, close)), bottom = py(Math.min(open, close));
+    const width = Math.max(1, Math.min(bw * 0.7, bw - 1));
+    el("rect", { class: "candle " + (close >= open ? "up" : "down"), x: cx - width / 2, y: top, width: width, height: Math.max(1, bottom - top) }, g);
+  }
+
+  // One pair: a candle per window (the stream's), the batch average over them, update counts
+  // below; differing windows marked. `windows` sorted by start. A window's candle and count bar
+  // stand on its last slide (a tumbling window's whole length).
   function pairChart(container, pair, windows, spec, opts) {
     opts = opts || {};
     const W = opts.width || Math.max(480, Math.min(1200, container.clientWidth || 880));
@@ -83,8 +105,8 @@
     const countTop = rateBottom + gap, countBottom = H - m.bottom;
     const [base, quote] = pair.split("/");
     const svg = el("svg", {
-      class: "pair-chart", "data-pair": pair, width: W, height: H, viewBox: `0 0 ${W} ${H}`,
-      role: "img", "aria-label": `${pair}: average rate per window with its min-max band and update counts`,
+      class: "pair-chart", "data-pair": pair, "data-window": opts.window || "", width: W, height: H, viewBox: `0 0 ${W} ${H}`,
+      role: "img", "aria-label": `${pair}: a candle per window (first, max, min and last rate), the batch average and update counts`,
     });
     const data = windows.filter(shown);
     if (!data.length) {
@@ -114,9 +136,41 @@
     const px = (us) => m.left + (us - x0) / (x1 - x0) * (W - m.left - m.right);
     const py = (v) => rateBottom - (v - lo) / (hi - lo) * (rateBottom - rateTop);
     const pc = (n) => countBottom - n / maxCount * (countBottom - countTop);
-    const mid = (w) => px(w.start_us + size / 2);
+    const bw = Math.max(1, px(x0 + slide) - px(x0) - (px(x0 + slide) - px(x0) > 4 ? 1 : 0));
+    const slot = (w) => px(w.start_us + size - slide);
+    const cx = (w) => slot(w) + bw / 2;
+    const dec = axes(svg, { W, H, m, rateTop, rateBottom, countTop, countBottom, lo, hi, x0, x1, maxCount, base, quote, px, py });
 
-    // Axes: rate ticks and grid, time ticks, titles.
+    // Batch average, candles, counts, marks.
+    const plot = el("g", { class: "plot" }, svg);
+    for (const run of runs(data, slide)) {
+      const batch = run.filter((w) => w.batch).map((w) => `${cx(w).toFixed(1)},${py(w.batch.avg).toFixed(1)}`);
+      if (batch.length > 1) el("polyline", { class: "batch-avg", points: batch.join(" ") }, plot);
+    }
+    for (const w of data) {
+      const a = shown(w);
+      const g = el("g", { class: "window status-" + w.status, "data-start": iso(w.start_us), "data-status": w.status }, plot);
+      const x = slot(w);
+      el("rect", { class: "count" + (w.final ? "" : " open"), x: x, y: pc(a.count), width: bw, height: countBottom - pc(a.count) }, g);
+      candle(g, w, cx(w), bw, py);
+      if (BAD[w.status]) {
+        el("rect", { class: "diff-mark", x: px(w.start_us), y: rateTop, width: Math.max(2, px(w.start_us + size) - px(w.start_us)), height: rateBottom - rateTop }, g);
+        el("circle", { class: "diff-dot", cx: cx(w), cy: py(a.avg), r: 4.5 }, g);
+      } else if (!w.final || w.status === "open") {
+        el("circle", { class: "open-dot", cx: cx(w), cy: py(a.max) - 5, r: 2.5 }, g);
+      }
+      const hit = el("rect", { class: "hit", x: x, y: rateTop, width: bw + 1, height: countBottom - rateTop }, g);
+      el("title", {}, hit, tooltip(w, dec + 2));
+    }
+    legend(svg, m);
+    container.replaceChildren(svg);
+    return svg;
+  }
+
+  // The axes: rate ticks and grid, update counts, time ticks, titles. Returns the rate labels'
+  // decimals.
+  function axes(svg, a) {
+    const { W, H, m, rateTop, rateBottom, countTop, countBottom, lo, hi, x0, x1, maxCount, base, quote, px, py } = a;
     const yAxis = el("g", { class: "axis y-axis" }, svg);
     const yStep = niceStep(hi - lo, 5);
     const dec = Math.max(0, Math.min(10, -Math.floor(Math.log10(yStep))));
@@ -148,60 +202,32 @@
     }
     el("text", { x: (m.left + W - m.right) / 2, y: H - 4, "text-anchor": "middle", class: "axis-title" }, xAxis,
       "window (UTC)");
+    return dec;
+  }
 
-    // Band, lines, counts, marks.
-    const plot = el("g", { class: "plot" }, svg);
-    for (const run of runs(data, slide)) {
-      const top = run.map((w) => `${mid(w).toFixed(1)},${py(shown(w).max).toFixed(1)}`);
-      const bottom = run.slice().reverse().map((w) => `${mid(w).toFixed(1)},${py(shown(w).min).toFixed(1)}`);
-      if (run.length > 1) {
-        el("polygon", { class: "band", points: top.concat(bottom).join(" ") }, plot);
-      }
-      const batch = run.filter((w) => w.batch).map((w) => `${mid(w).toFixed(1)},${py(w.batch.avg).toFixed(1)}`);
-      const stream = run.filter((w) => w.stream).map((w) => `${mid(w).toFixed(1)},${py(w.stream.avg).toFixed(1)}`);
-      if (batch.length) el("polyline", { class: "batch-avg", points: batch.join(" ") }, plot);
-      if (stream.length) el("polyline", { class: "stream-avg", points: stream.join(" ") }, plot);
-    }
-    const bw = Math.max(1, px(x0 + slide) - px(x0) - (px(x0 + slide) - px(x0) > 4 ? 1 : 0));
-    for (const w of data) {
-      const a = shown(w);
-      const g = el("g", { class: "window status-" + w.status, "data-start": iso(w.start_us), "data-status": w.status }, plot);
-      const x = px(w.start_us + size - slide);
-      el("rect", { class: "count" + (w.final ? "" : " open"), x: x, y: pc(a.count), width: bw, height: countBottom - pc(a.count) }, g);
-      if (BAD[w.status]) {
-        el("rect", { class: "diff-mark", x: px(w.start_us), y: rateTop, width: Math.max(2, px(w.start_us + size) - px(w.start_us)), height: rateBottom - rateTop }, g);
-        el("circle", { class: "diff-dot", cx: mid(w), cy: py(a.avg), r: 4.5 }, g);
-      } else if (!w.final || w.status === "open") {
-        el("circle", { class: "open-dot", cx: mid(w), cy: py(a.avg), r: 2.5 }, g);
-      }
-      const hit = el("rect", { class: "hit", x: px(w.start_us + size - slide), y: rateTop, width: bw + 1, height: countBottom - rateTop }, g);
-      el("title", {}, hit, tooltip(w, dec + 2));
-    }
-
-    // Legend.
-    const legend = el("g", { class: "legend", transform: `translate(${m.left} 14)` }, svg);
+  function legend(svg, m) {
+    const g = el("g", { class: "legend", transform: `translate(${m.left} 14)` }, svg);
     let lx = 0;
     const item = (cls, label, shape) => {
-      if (shape === "rect") el("rect", { class: cls, x: lx, y: -8, width: 14, height: 9 }, legend);
-      else if (shape === "dot") el("circle", { class: cls, cx: lx + 7, cy: -4, r: 4 }, legend);
-      else el("line", { class: cls, x1: lx, x2: lx + 16, y1: -4, y2: -4 }, legend);
-      el("text", { x: lx + 20, y: 0 }, legend, label);
+      if (shape === "rect") el("rect", { class: cls, x: lx, y: -8, width: 14, height: 9 }, g);
+      else if (shape === "dot") el("circle", { class: cls, cx: lx + 7, cy: -4, r: 4 }, g);
+      else el("line", { class: cls, x1: lx, x2: lx + 16, y1: -4, y2: -4 }, g);
+      el("text", { x: lx + 20, y: 0 }, g, label);
       lx += 26 + label.length * 6.2;
     };
-    item("stream-avg", "stream average", "line");
+    item("candle up", "stream: first to last rate rose", "rect");
+    item("candle down", "fell (wick: min to max)", "rect");
     item("batch-avg", "batch average", "line");
-    item("band", "min to max", "rect");
     item("count", "updates", "rect");
     item("diff-dot", "stream and batch differ", "dot");
     item("open-dot", "open (not final)", "dot");
-    container.replaceChildren(svg);
-    return svg;
   }
 
   function tooltip(w, dec) {
     const side = (name, a) => a ? `${name}: ${a.count} updates, avg ${fmt(a.avg, dec)}, min ${fmt(a.min, dec)}, max ${fmt(a.max, dec)}` : `${name}: none`;
+    const oc = w.first_rate !== undefined ? `, first ${fmt(w.first_rate, dec)}, last ${fmt(w.last_rate, dec)}` : "";
     return `${w.pair} window ${timeLabel(w.start_us, true, true)} to ${timeLabel(w.end_us, false, true)} UTC` +
-      `\n${side("stream", w.stream)}${w.stream ? (w.final ? " (final)" : " (open)") : ""}\n${side("batch", w.batch)}` +
+      `\n${side("stream", w.stream)}${oc}${w.stream ? (w.final ? " (final)" : " (open)") : ""}\n${side("batch", w.batch)}` +
       `\nstatus: ${w.status}${w.what ? " (" + w.what + ")" : ""}`;
   }
 

@@ -1,6 +1,9 @@
 //! compare: recomputes the stream aggregator's windows in batch from `raw_coin_data` and reports
-//! stream vs batch: accuracy window by window, latency, throughput and resource use. Every run is
-//! stored in `comparison_runs`. `compare serve` shows the same live in a browser ([`serve`]).
+//! stream vs batch: accuracy window by window, latency, throughput and resource use, for one
+//! aggregator group, a section per window spec it computes (or the one `--window` names). A
+//! report reads only its group's and spec's rows, and its group's services' figures
+//! ([`services`]). Every run is stored in `comparison_runs` (a row per spec). `compare serve`
+//! shows the same live in a browser ([`serve`]), one spec at a time.
 //!
 //! Under a live pipeline: both sides, the late events, the update counts and the consumers'
 //! offsets are read in one consistent snapshot ([`queries::Snapshot`]), and the windows the
@@ -17,6 +20,7 @@
 //! - [`report`]: the verdict window by window ([`report::accuracy`]), the pending rule
 //!   ([`report::settle`]), the per-pair chart data ([`report::view`]), the report and its
 //!   renderings;
+//! - [`services`]: which services' figures belong to the group's run;
 //! - [`run`]: the one-shot run; [`serve`]: the live dashboard.
 
 pub mod batch;
@@ -24,8 +28,10 @@ pub mod cli;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod services;
 
 pub use batch::{incremental, queries};
 pub use cli::{Command, Format, ReportArgs, Settings, SourceArgs};
 pub use report::{accuracy, settle, view, COUNT_GRACE_US};
-pub use run::{build_report, run, settlement, store};
+pub use report::{Report, SpecReport};
+pub use run::{build_report, failure, run, settlement, store};

@@ -331,6 +331,10 @@ async fn check_compare(run: &Run<'_>) {
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
     assert!(out.status.success(), "compare failed: {stderr}\n{json}");
+    assert_eq!(json["passed"], true, "{json}");
+    let sections = json["sections"].as_array().unwrap();
+    assert_eq!(sections.len(), 1, "the aggregator's one spec: {json}");
+    let json = &sections[0];
     let a = &json["accuracy"];
     assert_eq!(a["passed"], true, "{a}");
     assert!(a["matched"].as_u64().unwrap_or(0) >= 6 * 5, "{a}");

@@ -154,12 +154,15 @@ async fn each_run_recomputes_only_what_changed_and_equals_a_full_recomputation()
     let (part, offset) = (1, 35);
     let t = T0 + offset * 100_000;
     sqlx::query(
-        "INSERT INTO late_events (consumer_group, topic, kafka_partition, kafka_offset, asset_id_base, \
-         asset_id_quote, rate, `time`, watermark, windows_missed, applied) \
-         SELECT ?, 't', kafka_partition, kafka_offset, asset_id_base, asset_id_quote, rate, `time`, ?, 1, FALSE \
+        "INSERT INTO late_events (consumer_group, topic, kafka_partition, kafka_offset, window_us, \
+         slide_us, asset_id_base, asset_id_quote, rate, `time`, watermark, windows_missed, applied) \
+         SELECT ?, 't', kafka_partition, kafka_offset, ?, ?, asset_id_base, asset_id_quote, rate, \
+                `time`, ?, 1, FALSE \
          FROM raw_coin_data WHERE asset_id_base = 'C1' AND kafka_partition = ? AND kafka_offset = ?",
     )
     .bind(GROUP)
+    .bind(spec().size_us)
+    .bind(spec().slide_us)
     .bind(time(t + 60_000_000))
     .bind(part)
     .bind(offset)

@@ -248,13 +248,21 @@ async fn verified_tls_does_real_work_and_a_mismatched_certificate_is_refused_at_
             .await
             .expect("the row read back over TLS");
     assert_eq!(rate, 61234.5);
+    // The aggregator group compare reads by default recorded its spec.
+    sqlx::query(
+        "INSERT INTO stream_agg_specs (consumer_group, window_us, slide_us, watermark_us, mode) \
+         VALUES ('stream-aggregator', 60000000, 60000000, 5000000, 'update')",
+    )
+    .execute(&pool)
+    .await
+    .expect("a spec written over TLS");
     pool.close().await;
 
     // The binary, the same way: it reads that row and stores its run.
     let run = compare(&db, &pki, "verify_identity", &ca);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("a JSON report");
-    assert_eq!(report["raw_rows"], 1, "{}", run.stdout);
+    assert_eq!(report["sections"][0]["raw_rows"], 1, "{}", run.stdout);
     assert_eq!(comparison_runs(&db).await, 1);
 
     // Without TLS the server refuses: what worked above was encrypted.

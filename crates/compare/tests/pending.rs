@@ -17,7 +17,8 @@ use serde_json::Value;
 use sqlx::{ConnectOptions, Executor};
 use testkit::{service_command, TestDb};
 
-/// `compare --format json --fail-on-mismatch` with these groups: exit code and report.
+/// `compare --format json --fail-on-mismatch` with these groups: exit code, the report's one
+/// section (the group's one spec) and stderr.
 fn compare(db: &TestDb, raw_group: &str) -> (Option<i32>, Value, String) {
     let out = service_command(env!("CARGO_BIN_EXE_compare"), db, "127.0.0.1:1")
         .args(["--group", GROUP, "--raw-group", raw_group])
@@ -27,7 +28,14 @@ fn compare(db: &TestDb, raw_group: &str) -> (Option<i32>, Value, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let json: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
-    (out.status.code(), json, stderr)
+    let sections = json["sections"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        sections.len(),
+        1,
+        "one section, the group's one spec: {json}"
+    );
+    assert_eq!(sections[0]["label"], "10s", "{json}");
+    (out.status.code(), sections[0].clone(), stderr)
 }
 
 fn counts(a: &Value) -> [u64; 5] {
@@ -174,7 +182,7 @@ async fn rows_committed_between_the_reads_do_not_make_the_sides_disagree() {
     }
     locker.execute("UNLOCK TABLES").await.unwrap();
 
-    let report = run.await.unwrap().unwrap();
+    let report = run.await.unwrap().unwrap().sections.remove(0);
     let a = &report.accuracy;
     assert_eq!(
         (a.matched, a.pending, a.mismatches, a.missing, a.extra),
@@ -189,7 +197,9 @@ async fn rows_committed_between_the_reads_do_not_make_the_sides_disagree() {
     );
     let report = compare::build_report(&db.pool, &source(), false)
         .await
-        .unwrap();
+        .unwrap()
+        .sections
+        .remove(0);
     let a = &report.accuracy;
     assert_eq!((a.matched, a.mismatches, a.extra), (21, 0, 0), "{a:?}");
     let eth0 = &report.windows["ETH/USD"][0];

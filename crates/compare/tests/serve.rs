@@ -8,10 +8,9 @@
 //!   consumers caught up.
 
 mod lagging;
+mod serving;
 
 use std::{
-    path::PathBuf,
-    process::{Child, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -21,86 +20,16 @@ use std::{
 
 use lagging::{GROUP, RAW_GROUP, SEC, T0, WINDOW};
 use serde_json::Value;
+use serving::Serve;
 use sqlx::{ConnectOptions, Executor};
-use testkit::{
-    prometheus::free_port,
-    service_command,
-    services::{log_dir, log_to, tail},
-    TestDb,
-};
+use testkit::{services::tail, TestDb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-struct Serve {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Serve {
-    async fn start(db: &TestDb, name: &str, extra: &[&str]) -> Serve {
-        let port = free_port();
-        let logs = log_dir("serve");
-        let child = service_command(env!("CARGO_BIN_EXE_compare"), db, "127.0.0.1:1")
-            .args(["serve", "--group", GROUP, "--raw-group", RAW_GROUP])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--poll-interval", "100ms"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log_to(&logs, name))
-            .spawn()
-            .unwrap();
-        let serve = Serve {
-            child,
-            port,
-            log: logs.join(format!("{name}.log")),
-        };
-        let started = Instant::now();
-        loop {
-            if let Ok(meta) = serve.json("/api/meta").await {
-                if meta["waiting"].is_null() && meta["spec"].is_object() {
-                    return serve;
-                }
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "compare serve not ready: {}",
-                tail(&serve.log, 20)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    async fn json(&self, path: &str) -> reqwest::Result<Value> {
-        reqwest::get(self.url(path)).await?.json().await
-    }
-
-    /// Waits until `/api/meta`'s verdict satisfies `ok`.
-    async fn accuracy_until(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-        let started = Instant::now();
-        loop {
-            let a = self.json("/api/meta").await.unwrap()["accuracy"].clone();
-            if ok(&a) {
-                return a;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{what}: {a}\n{}",
-                tail(&self.log, 20)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The lagging pipeline's groups, then `extra`.
+fn group_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--group", GROUP, "--raw-group", RAW_GROUP];
+    args.extend_from_slice(extra);
+    args
 }
 
 /// `count` final windows of 10 s for each of `bases`, from T0 (no raw rows: extra, but shown).
@@ -113,7 +42,7 @@ async fn windows(db: &TestDb, bases: &[&str], count: i64) {
                     let t = |us: i64| lagging::time(us).format("%Y-%m-%d %H:%M:%S%.6f").to_string();
                     let s = T0 + k * WINDOW;
                     format!(
-                        "('{}', '{}', '{base}', 'USD', 3, 2.0, 1.0, 3.0, 6.0, 1.0, 3.0, '{}', TRUE, UTC_TIMESTAMP(6))",
+                        "('{GROUP}', {WINDOW}, {WINDOW}, '{}', '{}', '{base}', 'USD', 3, 2.0, 1.0, 3.0, 6.0, 1.0, 3.0, '{}', TRUE, UTC_TIMESTAMP(6))",
                         t(s),
                         t(s + WINDOW),
                         t(s + WINDOW - 1)
@@ -121,8 +50,9 @@ async fn windows(db: &TestDb, bases: &[&str], count: i64) {
                 })
                 .collect();
             sqlx::query(&format!(
-                "INSERT INTO stream_agg (start_time, end_time, asset_id_base, asset_id_quote, update_count, \
-                 avg_rate, min_rate, max_rate, sum_rate, first_rate, last_rate, last_event_time, is_final, updated_at) \
+                "INSERT INTO stream_agg (consumer_group, window_us, slide_us, start_time, end_time, \
+                 asset_id_base, asset_id_quote, update_count, avg_rate, min_rate, max_rate, sum_rate, \
+                 first_rate, last_rate, last_event_time, is_final, updated_at) \
                  VALUES {}",
                 values.join(",")
             ))
@@ -180,7 +110,7 @@ async fn clients_beyond_the_cap_get_503_and_a_stalled_client_is_cut() {
     let db = TestDb::new().await;
     lagging::spec(&db).await;
     windows(&db, &["AAA", "BBB", "CCC"], 1000).await;
-    let serve = Serve::start(&db, "serve-clients", &["--max-clients", "2"]).await;
+    let serve = Serve::start(&db, "serve-clients", &group_args(&["--max-clients", "2"])).await;
 
     let reader = reading_client(serve.url("/events")).await;
     let mut stalled = stalled_client(serve.port).await;
@@ -261,7 +191,7 @@ async fn healthz_answers_at_once_while_a_query_is_held_up() {
     let db = TestDb::new().await;
     lagging::spec(&db).await;
     windows(&db, &["AAA"], 10).await;
-    let serve = Serve::start(&db, "serve-healthz", &[]).await;
+    let serve = Serve::start(&db, "serve-healthz", &group_args(&[])).await;
     // Healthy first (a read of the tables succeeded just now), so the 5 s below stay within the
     // 10 s /healthz allows without a read, even on a loaded machine.
     let ready = Instant::now();
@@ -362,7 +292,7 @@ async fn changes_are_found_by_the_database_clock() {
     let db = TestDb::new().await;
     lagging::spec(&db).await;
     stamped(&db, 0, "UTC_TIMESTAMP(6)").await;
-    let serve = Serve::start(&db, "serve-clock", &[]).await;
+    let serve = Serve::start(&db, "serve-clock", &group_args(&[])).await;
     assert_eq!(btc_starts(&serve).await, vec![T0]);
 
     // A writer whose clock runs 60 s ahead.
@@ -393,7 +323,7 @@ async fn changes_are_found_by_the_database_clock() {
 async fn the_verdict_counts_windows_not_settled_as_pending() {
     let db = TestDb::new().await;
     lagging::lagging(&db).await;
-    let serve = Serve::start(&db, "serve-pending", &[]).await;
+    let serve = Serve::start(&db, "serve-pending", &group_args(&[])).await;
     let a = serve
         .accuracy_until("pending while the raw consumer is behind", |a| {
             a["pending"] == 5

@@ -87,18 +87,21 @@ impl Scope {
 
 /// A value bound to a placeholder (never spliced into SQL text).
 #[derive(Debug, Clone)]
-enum Bind {
+pub(crate) enum Bind {
     Text(String),
+    Int(i64),
     Time(DateTime<Utc>),
 }
 
-fn bind_all<'q, O>(
+/// Binds `binds` in their order.
+pub(crate) fn bind_all<'q, O>(
     mut q: sqlx::query::QueryAs<'q, sqlx::MySql, O, sqlx::mysql::MySqlArguments>,
     binds: &'q [Bind],
 ) -> sqlx::query::QueryAs<'q, sqlx::MySql, O, sqlx::mysql::MySqlArguments> {
     for b in binds {
         q = match b {
             Bind::Text(s) => q.bind(s.as_str()),
+            Bind::Int(n) => q.bind(*n),
             Bind::Time(t) => q.bind(t.naive_utc()),
         };
     }
@@ -114,8 +117,9 @@ pub struct Batch {
     pub raw_rows: i64,
 }
 
-/// Recomputes the windows of `scope` from `raw_coin_data`, leaving out what the aggregator group
-/// `group` recorded as late; every read on `conn` (a [`queries::Snapshot`]'s, so that the
+/// Recomputes the windows of `spec` in `scope` from `raw_coin_data`, leaving out what the
+/// aggregator group `group` recorded as late for that spec (an update late for one spec may be on
+/// time for another); every read on `conn` (a [`queries::Snapshot`]'s, so that the
 /// raw rows and late events are of one moment).
 pub async fn compute(
     conn: &mut MySqlConnection,
@@ -258,8 +262,8 @@ async fn buckets(
     Ok(out)
 }
 
-/// Late events of `group` in scope whose raw row is the event itself (same pair and time, and
-/// the same partition and offset).
+/// Late events of `group` for `spec` in scope whose raw row is the event itself (same pair and
+/// time, and the same partition and offset).
 async fn late_events(
     conn: &mut MySqlConnection,
     spec: WindowSpec,
@@ -273,11 +277,15 @@ async fn late_events(
          FROM late_events l JOIN raw_coin_data r \
            ON r.asset_id_base = l.asset_id_base AND r.asset_id_quote = l.asset_id_quote \
           AND r.`time` = l.`time` AND r.kafka_partition = l.kafka_partition AND r.kafka_offset = l.kafka_offset \
-         WHERE l.consumer_group = ?{conditions}",
+         WHERE l.consumer_group = ? AND l.window_us = ? AND l.slide_us = ?{conditions}",
         t = us("l.`time`"),
         w = us("l.watermark"),
     );
-    let mut all = vec![Bind::Text(group.to_owned())];
+    let mut all = vec![
+        Bind::Text(group.to_owned()),
+        Bind::Int(spec.size_us),
+        Bind::Int(spec.slide_us),
+    ];
     all.extend(binds);
     let rows: Vec<LateRow> = bind_all(sqlx::query_as(&sql), &all).fetch_all(conn).await?;
     Ok(rows

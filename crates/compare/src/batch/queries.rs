@@ -1,17 +1,16 @@
-//! Reading from MySQL what compare sets beside the batch side ([`crate::batch`]): the stream
-//! results, the update counts, the services' statistics, and the batch-side latency; and the
-//! [`Snapshot`] every read of one verdict goes through.
+//! Reading from MySQL what compare sets beside the batch side ([`crate::batch`]): the specs an
+//! aggregator group recorded, its stream results and update counts (of one group and spec,
+//! never another's), and the batch-side latency; and the [`Snapshot`] every read of one verdict
+//! goes through. The services' figures are [`crate::services`]'.
 
 use std::collections::BTreeMap;
 
-use chrono::NaiveDateTime;
-use common::{figures::SpecificFigures, window::WindowSpec};
-use serde::Serialize;
+use common::window::WindowSpec;
 use sqlx::{pool::PoolConnection, Executor, MySql, MySqlConnection, MySqlPool};
 
 use crate::{
     accuracy::{Agg, Key, StreamWindow},
-    batch::{us, Scope},
+    batch::{bind_all, us, Bind, Scope},
 };
 
 /// One consistent view of the database: a read-only transaction started `WITH CONSISTENT
@@ -71,36 +70,52 @@ pub async fn db_now_us(conn: &mut MySqlConnection) -> anyhow::Result<i64> {
     .await?)
 }
 
-/// The spec the aggregator group recorded, if any (checked like a configured one).
-pub async fn recorded_spec(
-    conn: &mut MySqlConnection,
-    group: &str,
-) -> anyhow::Result<Option<WindowSpec>> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT window_us, slide_us FROM stream_agg_spec WHERE consumer_group = ?")
-            .bind(group)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row
-        .map(|(window_us, slide_us)| WindowSpec::checked(window_us, slide_us))
-        .transpose()?)
+/// A window spec an aggregator group recorded (`stream_agg_specs`), with its watermark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedSpec {
+    pub spec: WindowSpec,
+    pub watermark_us: i64,
 }
 
-/// base, quote, start µs, count, sum, min, max, avg, final.
-pub type StreamRow = (String, String, i64, i64, f64, f64, f64, f64, bool);
-/// service, events in, events out, dead letters, late, running s, CPU s, peak RSS, details.
-type StatsRow = (String, i64, i64, i64, i64, f64, f64, i64, Option<String>);
+/// The specs the aggregator group recorded, in [`WindowSpec`]'s order (size, then slide): none
+/// when it has not run yet. Each is checked like a configured one.
+pub async fn recorded_specs(
+    conn: &mut MySqlConnection,
+    group: &str,
+) -> anyhow::Result<Vec<RecordedSpec>> {
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT window_us, slide_us, watermark_us FROM stream_agg_specs WHERE consumer_group = ? \
+         ORDER BY window_us, slide_us",
+    )
+    .bind(group)
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (window_us, slide_us, watermark_us) in rows {
+        out.push(RecordedSpec {
+            spec: WindowSpec::checked(window_us, slide_us)?,
+            watermark_us,
+        });
+    }
+    Ok(out)
+}
+
+/// base, quote, start µs, count, sum, min, max, avg, first, last, final.
+pub type StreamRow = (String, String, i64, i64, f64, f64, f64, f64, f64, f64, bool);
 
 /// The columns of a stream window, in [`StreamRow`]'s order.
 pub fn stream_columns() -> String {
     format!(
-        "asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, sum_rate, min_rate, max_rate, avg_rate, is_final",
+        "asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, sum_rate, min_rate, max_rate, \
+         avg_rate, first_rate, last_rate, is_final",
         us("start_time")
     )
 }
 
 /// A row of [`stream_columns`] as a window.
-pub fn stream_window((b, q, s, n, sum, min, max, avg, is_final): StreamRow) -> (Key, StreamWindow) {
+pub fn stream_window(
+    (b, q, s, n, sum, min, max, avg, first, last, is_final): StreamRow,
+) -> (Key, StreamWindow) {
     (
         (b, q, s),
         StreamWindow {
@@ -112,57 +127,50 @@ pub fn stream_window((b, q, s, n, sum, min, max, avg, is_final): StreamRow) -> (
                 avg,
             },
             is_final,
+            first,
+            last,
         },
     )
 }
 
-/// `WHERE` conditions on a window table's pair and `start_time` (columns prefixed with `t`) for
-/// `scope` (values bound).
-fn window_conditions(scope: &Scope, t: &str) -> (String, Vec<String>, Vec<NaiveDateTime>) {
-    let mut sql = String::from(" WHERE TRUE");
-    let mut texts = Vec::new();
-    let mut times = Vec::new();
+/// `WHERE` conditions on a window table (columns prefixed with `t`): the rows of aggregator
+/// group `group` and `spec` (never another group's or spec's), in `scope`; and their values, to
+/// bind in order.
+fn window_conditions(group: &str, spec: WindowSpec, scope: &Scope, t: &str) -> (String, Vec<Bind>) {
+    let mut sql = format!(" WHERE {t}consumer_group = ? AND {t}window_us = ? AND {t}slide_us = ?");
+    let mut binds = vec![
+        Bind::Text(group.to_owned()),
+        Bind::Int(spec.size_us),
+        Bind::Int(spec.slide_us),
+    ];
     if let Some(p) = scope.pair {
         sql.push_str(&format!(
             " AND {t}asset_id_base = ? AND {t}asset_id_quote = ?"
         ));
-        texts.push(p.base.to_string());
-        texts.push(p.quote.to_string());
+        binds.push(Bind::Text(p.base.to_string()));
+        binds.push(Bind::Text(p.quote.to_string()));
     }
     if let Some(s) = scope.since {
         sql.push_str(&format!(" AND {t}start_time >= ?"));
-        times.push(s.naive_utc());
+        binds.push(Bind::Time(s));
     }
     if let Some(u) = scope.until {
         sql.push_str(&format!(" AND {t}start_time < ?"));
-        times.push(u.naive_utc());
+        binds.push(Bind::Time(u));
     }
-    (sql, texts, times)
+    (sql, binds)
 }
 
-/// Binds [`window_conditions`]' values, in their order.
-fn bind_window<'q, O>(
-    mut q: sqlx::query::QueryAs<'q, sqlx::MySql, O, sqlx::mysql::MySqlArguments>,
-    texts: &'q [String],
-    times: &'q [NaiveDateTime],
-) -> sqlx::query::QueryAs<'q, sqlx::MySql, O, sqlx::mysql::MySqlArguments> {
-    for t in texts {
-        q = q.bind(t.as_str());
-    }
-    for t in times {
-        q = q.bind(*t);
-    }
-    q
-}
-
-/// The `stream_agg` rows of a scope.
+/// The `stream_agg` rows of aggregator group `group` and `spec` in a scope.
 pub async fn stream(
     conn: &mut MySqlConnection,
+    group: &str,
+    spec: WindowSpec,
     scope: &Scope,
 ) -> anyhow::Result<BTreeMap<Key, StreamWindow>> {
-    let (conditions, texts, times) = window_conditions(scope, "");
+    let (conditions, binds) = window_conditions(group, spec, scope, "");
     let sql = format!("SELECT {} FROM stream_agg{conditions}", stream_columns());
-    let q = bind_window(sqlx::query_as::<_, StreamRow>(&sql), &texts, &times);
+    let q = bind_all(sqlx::query_as::<_, StreamRow>(&sql), &binds);
     Ok(q.fetch_all(conn)
         .await?
         .into_iter()
@@ -179,24 +187,29 @@ pub struct CountCheck {
     pub age_us: i64,
 }
 
-/// The final `stream_agg` windows of a scope with their `coin_update_count` rows.
+/// The final `stream_agg` windows of aggregator group `group` and `spec` in a scope, with their
+/// `coin_update_count` rows (of the same group and spec).
 pub async fn update_counts(
     conn: &mut MySqlConnection,
+    group: &str,
+    spec: WindowSpec,
     scope: &Scope,
 ) -> anyhow::Result<BTreeMap<Key, CountCheck>> {
-    let (conditions, texts, times) = window_conditions(scope, "s.");
+    let (conditions, binds) = window_conditions(group, spec, scope, "s.");
     let sql = format!(
         "SELECT s.asset_id_base, s.asset_id_quote, CAST({} AS SIGNED), c.update_count, c.is_final, \
                 CAST({} - {} AS SIGNED) \
-         FROM stream_agg s LEFT JOIN coin_update_count c ON c.asset_id_base = s.asset_id_base \
-              AND c.asset_id_quote = s.asset_id_quote AND c.start_time = s.start_time AND c.end_time = s.end_time\
+         FROM stream_agg s LEFT JOIN coin_update_count c ON c.consumer_group = s.consumer_group \
+              AND c.window_us = s.window_us AND c.slide_us = s.slide_us \
+              AND c.asset_id_base = s.asset_id_base AND c.asset_id_quote = s.asset_id_quote \
+              AND c.start_time = s.start_time AND c.end_time = s.end_time\
          {conditions} AND s.is_final",
         us("s.start_time"),
         us("UTC_TIMESTAMP(6)"),
         us("s.updated_at"),
     );
     type Row = (String, String, i64, Option<i64>, Option<bool>, i64);
-    let q = bind_window(sqlx::query_as::<_, Row>(&sql), &texts, &times);
+    let q = bind_all(sqlx::query_as::<_, Row>(&sql), &binds);
     Ok(q.fetch_all(conn)
         .await?
         .into_iter()
@@ -205,62 +218,6 @@ pub async fn update_counts(
             ((b, q, s), CountCheck { counter, age_us })
         })
         .collect())
-}
-
-/// One service's figures, summed over its instances' latest statistics rows.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ServiceFigures {
-    pub service: String,
-    pub instances: i64,
-    pub events_in: i64,
-    pub events_out: i64,
-    pub dead_letters: i64,
-    pub late_events: i64,
-    pub running_seconds: f64,
-    pub events_per_second: f64,
-    pub cpu_seconds: f64,
-    pub peak_rss_mb: f64,
-    /// The latest service-specific figures (the aggregator's latency among them).
-    pub details: SpecificFigures,
-}
-
-/// Figures per service from `service_stats` (each instance's latest row).
-pub async fn services(conn: &mut MySqlConnection) -> anyhow::Result<Vec<ServiceFigures>> {
-    let rows: Vec<StatsRow> = sqlx::query_as(&format!(
-        "SELECT s.service, s.events_in, s.events_out, s.dead_letters, s.late_events, \
-                CAST({} - {} AS DOUBLE) / 1e6, s.cpu_seconds, s.peak_rss_bytes, s.details \
-         FROM service_stats s JOIN (SELECT instance, MAX(id) AS id FROM service_stats GROUP BY instance) last \
-           ON last.id = s.id ORDER BY s.service, s.id",
-        us("s.recorded_at"),
-        us("s.started_at")
-    ))
-    .fetch_all(conn)
-    .await?;
-    let mut by: BTreeMap<String, ServiceFigures> = BTreeMap::new();
-    for (service, ein, eout, dead, late, secs, cpu, rss, details) in rows {
-        let f = by.entry(service.clone()).or_insert_with(|| ServiceFigures {
-            service,
-            ..Default::default()
-        });
-        f.instances += 1;
-        f.events_in += ein;
-        f.events_out += eout;
-        f.dead_letters += dead;
-        f.late_events += late;
-        f.running_seconds = f.running_seconds.max(secs);
-        f.cpu_seconds += cpu;
-        f.peak_rss_mb = f.peak_rss_mb.max(rss as f64 / 1_048_576.0);
-        if let Some(d) = details {
-            f.details = SpecificFigures::from_json(&d);
-        }
-    }
-    let mut out: Vec<ServiceFigures> = by.into_values().collect();
-    for f in &mut out {
-        if f.running_seconds > 0.0 {
-            f.events_per_second = f.events_in as f64 / f.running_seconds;
-        }
-    }
-    Ok(out)
 }
 
 /// Batch-side latency: the age of the raw updates when this batch run saw them, plus the query

@@ -31,6 +31,10 @@ pub type Key = (String, String, i64);
 pub struct StreamWindow {
     pub agg: Agg,
     pub is_final: bool,
+    /// The rates of the window's earliest and latest events (by event time): its candle's open
+    /// and close. Not compared (the batch side does not compute them).
+    pub first: f64,
+    pub last: f64,
 }
 
 /// A window that differs, with its largest relative difference.
@@ -300,6 +304,8 @@ mod tests {
             StreamWindow {
                 agg: agg(3, 4.5 * (1.0 + 1e-12)),
                 is_final: true,
+                first: 1.0,
+                last: 1.0,
             },
         )]);
         let a = compare(&stream, &batch, 60, &strict());
@@ -317,6 +323,8 @@ mod tests {
                 StreamWindow {
                     agg: bad,
                     is_final: true,
+                    first: 1.0,
+                    last: 1.0,
                 },
             ),
             (
@@ -324,6 +332,8 @@ mod tests {
                 StreamWindow {
                     agg: agg(2, 3.0),
                     is_final: true,
+                    first: 1.0,
+                    last: 1.0,
                 },
             ),
         ]);
@@ -348,6 +358,8 @@ mod tests {
                 StreamWindow {
                     agg: agg(1, 1.0),
                     is_final: false,
+                    first: 1.0,
+                    last: 1.0,
                 },
             ),
             (
@@ -355,6 +367,8 @@ mod tests {
                 StreamWindow {
                     agg: agg(1, 1.0),
                     is_final: true,
+                    first: 1.0,
+                    last: 1.0,
                 },
             ),
         ]);

@@ -1,5 +1,5 @@
-//! A report assembled from both sides of one run (pure): the accuracy window by window, the
-//! update counts, the services' figures.
+//! One spec's section of a report, assembled from both sides of one run (pure): the accuracy
+//! window by window, the update counts, the services' figures.
 
 use std::collections::BTreeMap;
 
@@ -9,19 +9,18 @@ use common::window::WindowSpec;
 use super::{
     accuracy::{compare, Agg, Key, Status, StreamWindow},
     settle::Settlement,
-    view, Report,
+    view, SpecReport,
 };
-use crate::batch::{
-    incremental::BatchMode,
-    queries::{CountCheck, ServiceFigures},
-    Batch,
+use crate::{
+    batch::{incremental::BatchMode, queries::CountCheck, Batch},
+    services::ServiceFigures,
 };
 
 /// How long a final window may wait for its `coin_update_count` row (or its finality) before
 /// that is a mismatch (µs, by the database's clock).
 pub const COUNT_GRACE_US: i64 = 30_000_000;
 
-/// The stream side and the figures a report puts beside the accuracy.
+/// One spec's stream side, batch side and the figures its section puts beside the accuracy.
 #[derive(Debug)]
 pub struct Sides<'a> {
     pub group: &'a str,
@@ -63,8 +62,8 @@ fn count_check(s: &Sides<'_>) -> (usize, usize, usize) {
     (checked, mismatches, pending)
 }
 
-/// The report from both sides (pure).
-pub fn assemble(s: Sides<'_>) -> Report {
+/// One spec's section from both sides (pure).
+pub fn assemble(s: Sides<'_>) -> SpecReport {
     let accuracy = compare(s.stream, &s.batch.windows, s.spec.size_us, s.settlement);
     let (checked, count_mismatches, count_pending) = count_check(&s);
     let latency = s
@@ -75,10 +74,11 @@ pub fn assemble(s: Sides<'_>) -> Report {
         .map(|a| a.latency.clone())
         .filter(|l| l.samples > 0);
     let batch_windows: &BTreeMap<Key, Agg> = &s.batch.windows;
-    Report {
+    SpecReport {
         run_at: Utc::now(),
         group: s.group.to_owned(),
         spec: s.spec,
+        label: s.spec.label(),
         accuracy,
         update_count_mismatches: count_mismatches,
         update_count_checked: checked,

@@ -10,7 +10,8 @@
 //! the batch side cannot see. Its watermark on `p` only grows (it is restored with its state) and,
 //! when it read such a message, was at least `M_p - watermark`, where `M_p` is the largest event
 //! time among the raw rows of `p` (all below `R_p`, so read before by the aggregator too) and
-//! `watermark` the one the group recorded (`stream_agg_spec.watermark_us`). A message is applied
+//! `watermark` the one the group recorded for the spec (`stream_agg_specs.watermark_us`; one
+//! aggregator group runs several specs on the same offsets, each with its watermark). A message is applied
 //! only to windows still open, i.e. ending after the watermark; so windows ending at or before
 //! `M_p - watermark` cannot hold one, and are **settled**. Any other window of a pair of `p` that
 //! is in the stream but not the batch (extra) or differs is **pending**. A pair's partition is
@@ -37,7 +38,7 @@ use sqlx::MySqlConnection;
 
 use crate::{
     accuracy::{Key, Status},
-    batch::us,
+    batch::{queries::RecordedSpec, us},
 };
 
 /// At most this many windows are looked up for rows the aggregator has not read (the others
@@ -97,7 +98,7 @@ pub struct Inputs {
     pub aggregator_group: String,
     /// Per pair: base, quote, partition of its latest raw row, its largest event time (µs).
     pub pairs: Vec<(String, String, Option<i32>, i64)>,
-    /// `stream_agg_spec.watermark_us` of the aggregator group.
+    /// `stream_agg_specs.watermark_us` of the aggregator group's spec.
     pub watermark_us: Option<i64>,
     pub raw_empty: bool,
     pub stream_empty: bool,
@@ -282,11 +283,13 @@ impl Settlement {
     }
 }
 
-/// Reads what the rule needs, in the snapshot `conn`, and derives it.
+/// Reads what the rule needs for one spec of the aggregator group (its watermark, whether it has
+/// stream rows), in the snapshot `conn`, and derives it.
 pub async fn read(
     conn: &mut MySqlConnection,
     raw_group: &str,
     aggregator_group: &str,
+    recorded: RecordedSpec,
 ) -> anyhow::Result<Settlement> {
     let offsets: Vec<(String, String, i32, i64)> = sqlx::query_as(
         "SELECT consumer_group, topic, kafka_partition, next_offset FROM kafka_offsets \
@@ -296,13 +299,17 @@ pub async fn read(
     .bind(aggregator_group)
     .fetch_all(&mut *conn)
     .await?;
-    let (watermark_us, stream_empty, raw_empty): (Option<i64>, bool, bool) = sqlx::query_as(
-        "SELECT (SELECT watermark_us FROM stream_agg_spec WHERE consumer_group = ?), \
-                NOT EXISTS (SELECT 1 FROM stream_agg), NOT EXISTS (SELECT 1 FROM raw_coin_data)",
+    let (stream_empty, raw_empty): (bool, bool) = sqlx::query_as(
+        "SELECT NOT EXISTS (SELECT 1 FROM stream_agg WHERE consumer_group = ? AND window_us = ? \
+                            AND slide_us = ?), \
+                NOT EXISTS (SELECT 1 FROM raw_coin_data)",
     )
     .bind(aggregator_group)
+    .bind(recorded.spec.size_us)
+    .bind(recorded.spec.slide_us)
     .fetch_one(&mut *conn)
     .await?;
+    let watermark_us = Some(recorded.watermark_us);
     let mut inputs = Inputs {
         offsets,
         raw_group: raw_group.to_owned(),

@@ -18,6 +18,12 @@ pub struct WindowView {
     pub start_us: i64,
     pub end_us: i64,
     pub stream: Option<Agg>,
+    /// The rates of the stream window's earliest and latest events: with its min and max, the
+    /// window's candle (open, high, low, close).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_rate: Option<f64>,
     /// The stream window is final (the watermark passed its end).
     #[serde(rename = "final")]
     pub is_final: bool,
@@ -42,6 +48,8 @@ pub fn window(
         start_us: key.2,
         end_us: key.2 + size_us,
         stream: stream.map(|w| w.agg),
+        first_rate: stream.map(|w| w.first),
+        last_rate: stream.map(|w| w.last),
         is_final: stream.is_some_and(|w| w.is_final),
         batch: batch.copied(),
         status,
@@ -95,6 +103,8 @@ mod tests {
                 StreamWindow {
                     agg: agg(2, 1.0),
                     is_final: true,
+                    first: 1.0,
+                    last: 1.0,
                 },
             ),
             (
@@ -102,6 +112,8 @@ mod tests {
                 StreamWindow {
                     agg: agg(3, 1.0),
                     is_final: true,
+                    first: 1.0,
+                    last: 1.0,
                 },
             ),
             (
@@ -109,6 +121,8 @@ mod tests {
                 StreamWindow {
                     agg: agg(1, 1.0),
                     is_final: false,
+                    first: 1.0,
+                    last: 1.0,
                 },
             ),
         ]);

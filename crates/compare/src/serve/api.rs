@@ -1,9 +1,10 @@
 //! The dashboard's HTTP surface: the page and its files, `/events`, `/api/*`, `/healthz`.
-//! Query parameters are parsed and checked here: bad input gets 400 with a JSON error and never
-//! reaches SQL (and the API answers from memory anyway).
+//! Query parameters are parsed and checked first (`params`): bad input gets 400 with a
+//! JSON error and never reaches SQL (and the API answers from memory anyway). `window` picks one
+//! of the group's specs (`10s`, `1h/1m`, URL-encoded); the page's first is the default.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     convert::Infallible,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -22,13 +23,25 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use common::model::{parse_time, Pair};
+use common::window::WindowSpec;
 use futures::StreamExt;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
-use super::{assets, conn::Client, Event, Shared};
-use crate::{batch::Batch, queries, report::Sides};
+use super::{
+    assets,
+    conn::Client,
+    params::{self, error},
+    Event, Resolution, Shared,
+};
+use crate::{
+    accuracy::{Key, StreamWindow},
+    batch::Batch,
+    queries,
+    report::{Report, Sides},
+    services,
+    settle::Settlement,
+};
 
 /// Events waiting for one client at most: beyond, it is cut.
 pub const CLIENT_QUEUE: usize = 64;
@@ -79,19 +92,24 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// A JSON error.
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
-/// What the page needs first: group, spec, scope, pairs (with their latest window), status.
-async fn meta(State(s): State<Arc<Shared>>) -> Response {
+/// What the page needs first: group, its specs, the spec asked for (`window`, default the
+/// first), scope, that spec's pairs (with their latest window) and verdict, status.
+async fn meta(State(s): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let state = s.state.read().await;
-    let pairs: Vec<_> = state
-        .live
-        .as_ref()
-        .map(|l| {
-            l.pairs()
+    let chosen = match params::resolution(&state, &q) {
+        Ok(c) => Some(c),
+        Err(_) if state.specs.is_empty() => None,
+        Err(e) => return *e,
+    };
+    let specs: Vec<_> = state
+        .specs
+        .keys()
+        .map(|spec| json!({ "label": spec.label(), "size_us": spec.size_us, "slide_us": spec.slide_us }))
+        .collect();
+    let pairs: Vec<_> = chosen
+        .map(|(_, r)| {
+            r.live
+                .pairs()
                 .into_iter()
                 .map(|(pair, latest_us)| json!({ "pair": pair, "latest_us": latest_us }))
                 .collect()
@@ -99,7 +117,9 @@ async fn meta(State(s): State<Arc<Shared>>) -> Response {
         .unwrap_or_default();
     Json(json!({
         "group": state.group,
-        "spec": state.live.as_ref().map(|l| l.spec),
+        "specs": specs,
+        "spec": chosen.map(|(spec, _)| spec),
+        "window": chosen.map(|(spec, _)| spec.label()),
         "scope": {
             "pair": state.scope.pair.map(|p| p.to_string()),
             "since": state.scope.since,
@@ -108,87 +128,50 @@ async fn meta(State(s): State<Arc<Shared>>) -> Response {
         "pairs": pairs,
         "db": state.db,
         "waiting": state.waiting,
-        "accuracy": state.accuracy,
+        "accuracy": chosen.map(|(_, r)| &r.accuracy),
     }))
     .into_response()
 }
 
-/// Windows shown at most per request (the latest ones).
-const MAX_WINDOWS: usize = 20_000;
-
-/// `/api/windows?pair=BTC/USD[&since=RFC3339][&until=RFC3339][&limit=N]`: one pair's windows.
+/// `/api/windows?pair=BTC/USD[&window=1m][&since=RFC3339][&until=RFC3339][&limit=N]`: one pair's
+/// windows of one spec (default: the group's first).
 async fn windows(
     State(s): State<Arc<Shared>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(pair) = q.get("pair") else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "pair is required, e.g. pair=BTC/USD",
-        );
-    };
-    let pair: Pair = match pair.parse() {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("pair: {e}")),
-    };
-    let time = |name: &str| -> Result<Option<i64>, Box<Response>> {
-        match q.get(name) {
-            None => Ok(None),
-            Some(t) => parse_time(t)
-                .map(|t| Some(t.timestamp_micros()))
-                .ok_or_else(|| {
-                    Box::new(error(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "{name}: {t:?} is not a time (RFC 3339, e.g. 2024-08-05T12:00:00Z)"
-                        ),
-                    ))
-                }),
-        }
-    };
-    let (since, until) = match (time("since"), time("until")) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return *e,
-    };
-    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
-        None => MAX_WINDOWS,
-        Some(Ok(n)) if (1..=MAX_WINDOWS).contains(&n) => n,
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("limit: a number from 1 to {MAX_WINDOWS}"),
-            )
-        }
+    let w = match params::windows_query(&q) {
+        Ok(w) => w,
+        Err(e) => return *e,
     };
     let state = s.state.read().await;
-    let Some(live) = state.live.as_ref() else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            state.waiting.clone().unwrap_or_else(|| "starting".into()),
-        );
+    let (spec, r) = match params::resolution(&state, &q) {
+        Ok(c) => c,
+        Err(e) => return *e,
     };
-    let (base, quote) = (pair.base.to_string(), pair.quote.to_string());
-    if !live.has_pair(&base, &quote) {
+    let (base, quote) = (w.pair.base.to_string(), w.pair.quote.to_string());
+    if !r.live.has_pair(&base, &quote) {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("pair: {pair} has no windows (unknown pair)"),
+            format!("pair: {} has no windows (unknown pair)", w.pair),
         );
     }
-    let windows = live.windows(
+    let windows = r.live.windows(
         &base,
         &quote,
-        since.unwrap_or(i64::MIN),
-        until.unwrap_or(i64::MAX),
-        limit,
+        w.since.unwrap_or(i64::MIN),
+        w.until.unwrap_or(i64::MAX),
+        w.limit,
     );
-    Json(json!({ "pair": pair.to_string(), "spec": live.spec, "windows": windows })).into_response()
+    Json(json!({ "pair": w.pair.to_string(), "spec": spec, "window": spec.label(), "windows": windows }))
+        .into_response()
 }
 
 /// The pipeline panel now (by the database's clock, as last read plus the time since).
 async fn pipeline(State(s): State<Arc<Shared>>) -> Response {
     let now_us = s.health().db_now_us();
     let mut state = s.state.write().await;
-    let panel = now_us.map(|now| state.pipeline.panel(now));
+    let run = s.settings.source.run();
+    let panel = now_us.map(|now| state.pipeline.panel(now, &run));
     let dead = state.pipeline.dead_letters.clone();
     Json(json!({ "now_us": now_us, "services": panel.unwrap_or_default(), "dead_letters": dead }))
         .into_response()
@@ -197,69 +180,110 @@ async fn pipeline(State(s): State<Arc<Shared>>) -> Response {
 /// How long a built report is served again.
 const REPORT_TTL: Duration = Duration::from_secs(5);
 
-/// The JSON report of the live state (the one-shot report's shape).
-async fn report(State(s): State<Arc<Shared>>) -> Response {
-    let mut cached = s.report.lock().await;
-    if let Some((at, body)) = cached.as_ref() {
+/// One spec's sides as the live state holds them, for the report.
+struct Held {
+    spec: WindowSpec,
+    stream: BTreeMap<Key, StreamWindow>,
+    batch: Batch,
+    settlement: Settlement,
+}
+
+/// `/api/report[?window=1m]`: the JSON report of the live state, the one-shot report's shape: a
+/// section per spec shown, or the one `window` names.
+async fn report(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    // Cached by the spec's label (any spelling of it is the same report; none: every spec).
+    let key = match q.get("window") {
+        None => String::new(),
+        Some(_) => match params::resolution(&*s.state.read().await, &q) {
+            Ok((spec, _)) => spec.label(),
+            Err(e) => return *e,
+        },
+    };
+    let mut cached = s.reports.lock().await;
+    if let Some((at, body)) = cached.get(&key) {
         if at.elapsed() < REPORT_TTL {
             return json_body(body.clone());
         }
     }
-    let (spec, stream, batch, settlement, batch_seconds, raw_rows, scope, group) = {
-        let state = s.state.read().await;
-        let Some(live) = state.live.as_ref() else {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                state.waiting.clone().unwrap_or_else(|| "starting".into()),
-            );
-        };
-        (
-            live.spec,
-            live.stream.clone(),
-            live.batch.clone(),
-            live.settlement().clone(),
-            state.batch_seconds,
-            state.raw_rows,
-            state.scope.clone(),
-            state.group.clone(),
-        )
+    let held = match held(&s, &q).await {
+        Ok(h) => h,
+        Err(e) => return *e,
     };
-    let figures = async {
-        let mut snap = queries::Snapshot::begin(&s.pool).await?;
-        let conn = snap.conn();
-        let counts = queries::update_counts(conn, &scope).await?;
-        let services = queries::services(conn).await?;
-        let latency = queries::batch_latency(conn, batch_seconds).await?;
-        snap.end().await?;
-        anyhow::Ok((counts, services, latency))
-    };
-    let (counts, services, batch_latency_ms) = match figures.await {
-        Ok(f) => f,
-        Err(e) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("database unavailable: {e:#}"),
-            )
+    match build_report(&s, held).await {
+        Ok(body) => {
+            cached.insert(key, (Instant::now(), body.clone()));
+            json_body(body)
         }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {e:#}"),
+        ),
+    }
+}
+
+/// Copies of the sides of the specs a report is asked for (the state is not held meanwhile).
+async fn held(s: &Shared, q: &HashMap<String, String>) -> Result<Vec<Held>, Box<Response>> {
+    let state = s.state.read().await;
+    let chosen: Vec<(WindowSpec, &Resolution)> = if q.contains_key("window") {
+        vec![params::resolution(&state, q)?]
+    } else {
+        state.specs.iter().map(|(k, r)| (*k, r)).collect()
     };
-    let batch = Batch {
-        windows: batch,
-        seconds: batch_seconds,
-        raw_rows,
-    };
-    let report = crate::report::assemble(Sides {
-        group: &group,
-        spec,
-        stream: &stream,
-        batch: &batch,
-        counts: &counts,
-        settlement: &settlement,
-        services,
-        batch_latency_ms,
-    });
-    let body = report.to_json();
-    *cached = Some((std::time::Instant::now(), body.clone()));
-    json_body(body)
+    if chosen.is_empty() {
+        return Err(Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.waiting.clone().unwrap_or_else(|| "starting".into()),
+        )));
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|(spec, r)| Held {
+            spec,
+            stream: r.live.stream.clone(),
+            batch: Batch {
+                windows: r.live.batch.clone(),
+                seconds: r.batch_seconds,
+                raw_rows: r.raw_rows,
+            },
+            settlement: r.live.settlement().clone(),
+        })
+        .collect())
+}
+
+/// The report of the held sides, with the figures read now in one snapshot.
+async fn build_report(s: &Shared, held: Vec<Held>) -> anyhow::Result<String> {
+    let source = &s.settings.source;
+    let scope = source.scope();
+    let mut snap = queries::Snapshot::begin(&s.pool).await?;
+    let conn = snap.conn();
+    let services = services::read(conn, &source.run()).await?;
+    let mut figures = Vec::with_capacity(held.len());
+    for h in &held {
+        let counts = queries::update_counts(conn, &source.group, h.spec, &scope).await?;
+        let latency = queries::batch_latency(conn, h.batch.seconds).await?;
+        figures.push((counts, latency));
+    }
+    snap.end().await?;
+    let sections = held
+        .iter()
+        .zip(figures)
+        .map(|(h, (counts, batch_latency_ms))| {
+            crate::report::assemble(Sides {
+                group: &source.group,
+                spec: h.spec,
+                stream: &h.stream,
+                batch: &h.batch,
+                counts: &counts,
+                settlement: &h.settlement,
+                services: services.clone(),
+                batch_latency_ms,
+            })
+        })
+        .collect();
+    Ok(Report::new(&source.group, sections).to_json())
 }
 
 impl Shared {
@@ -296,8 +320,9 @@ async fn healthz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// Server-Sent Events: `status`, `summary` at once, then `windows`, `summary`, `pipeline`,
-/// `status` and `resync` (refetch everything: after a start) as they happen. The page's
+/// Server-Sent Events: `status` and each spec's `summary` at once, then `windows`, `summary`,
+/// `pipeline`, `status` and `resync` (refetch everything: after a spec was read whole) as they
+/// happen. `windows` and `summary` say which spec they are of (`window`: its label). The page's
 /// EventSource reconnects by itself. At most `--max-clients` streams at once (503 beyond); a
 /// client that stops taking its events is cut ([`forward`]).
 async fn events(
@@ -316,16 +341,15 @@ async fn events(
     let rx = s.events.subscribe();
     let first = {
         let state = s.state.read().await;
-        vec![
-            Event {
-                name: "status",
-                data: json!({ "db": state.db, "waiting": state.waiting }).to_string(),
-            },
-            Event {
-                name: "summary",
-                data: serde_json::to_string(&state.accuracy).unwrap_or_default(),
-            },
-        ]
+        let status = Event {
+            name: "status",
+            data: json!({ "db": state.db, "waiting": state.waiting }).to_string(),
+        };
+        let summaries = state.specs.iter().map(|(spec, r)| Event {
+            name: "summary",
+            data: json!({ "window": spec.label(), "accuracy": r.accuracy }).to_string(),
+        });
+        std::iter::once(status).chain(summaries).collect::<Vec<_>>()
     };
     let (tx, queue) = mpsc::channel(CLIENT_QUEUE);
     let taken = Arc::new(AtomicU64::new(0));

@@ -268,6 +268,8 @@ mod tests {
         StreamWindow {
             agg: agg(count),
             is_final,
+            first: 1.0,
+            last: 1.0,
         }
     }
 

@@ -1,11 +1,16 @@
 //! `compare serve`: the live dashboard. A web page and JSON API over the MySQL tables, read-only
 //! (a user with `SELECT` suffices; nothing is migrated or written).
 //!
+//! Every window spec of the aggregator group (or the one `--window` names) is followed at once;
+//! the page shows one at a time (its resolution selector; `?window=` in the API).
+//!
 //! - [`poll`]: one task reads what changed (index and primary-key ranges, never a full scan per
-//!   tick), recomputes the batch side of exactly those windows, and pushes their new views;
-//! - [`live`]: both sides of every window in scope, in memory;
-//! - [`pipeline`]: the services' latest statistics, for the pipeline panel;
-//! - [`api`]: the page, `/events` (Server-Sent Events), `/api/*`, `/healthz`;
+//!   tick; `changes`, with the id cursors of `cursor`), recomputes the batch side of exactly
+//!   those windows of each spec, and pushes their new views;
+//! - [`live`]: both sides of every window of one spec in scope, in memory;
+//! - [`pipeline`]: the group's services' latest statistics, for the pipeline panel;
+//! - [`api`]: the page, `/events` (Server-Sent Events), `/api/*` (parameters checked by
+//!   `params`), `/healthz`;
 //! - [`conn`]: connections the server can cut (a client that stopped taking its events);
 //! - [`assets`]: the page's files, embedded in the binary.
 //!
@@ -16,19 +21,26 @@
 
 pub mod api;
 pub mod assets;
+mod changes;
 pub mod conn;
+mod cursor;
 pub mod live;
+mod params;
 pub mod pipeline;
 pub mod poll;
 
 use std::{
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use clap::Args;
-use common::config::{parse_duration, ConfigError, MySqlArgs, TelemetryArgs};
+use common::{
+    config::{parse_duration, ConfigError, MySqlArgs, TelemetryArgs},
+    window::WindowSpec,
+};
 use tokio::sync::{broadcast, RwLock, Semaphore};
 
 use crate::{accuracy::Accuracy, batch::Scope, SourceArgs};
@@ -77,15 +89,55 @@ pub struct DbStatus {
 pub struct State {
     pub group: String,
     pub scope: Scope,
-    pub live: Option<live::Live>,
-    /// Why there is no live state yet (e.g. no window spec recorded).
+    /// Every window spec shown (the group's, or the one `--window` names), in the group's order
+    /// (size, then slide): both sides of its windows and its verdict.
+    pub specs: BTreeMap<WindowSpec, Resolution>,
+    /// Why there is nothing to show yet (e.g. no window spec recorded).
     pub waiting: Option<String>,
     pub pipeline: pipeline::Pipeline,
     pub db: DbStatus,
+}
+
+/// One spec on the dashboard (a resolution of the charts).
+#[derive(Debug)]
+pub struct Resolution {
+    pub live: live::Live,
     pub accuracy: Accuracy,
-    /// The first full batch computation: its duration and the raw rows it read.
+    /// Its first full batch computation: the duration and the raw rows it read.
     pub batch_seconds: f64,
     pub raw_rows: i64,
+}
+
+impl State {
+    /// The spec a request's `window` parameter names (`10s`, `1h/1m`, or any spelling of it:
+    /// `60s` is `1m`), or the first one without it. `Err`: why not, for a 400 (or 503 while
+    /// there is no spec yet: `None`).
+    pub fn resolution(
+        &self,
+        window: Option<&str>,
+    ) -> Result<(WindowSpec, &Resolution), Option<String>> {
+        let Some(text) = window else {
+            return self.specs.iter().next().map(|(s, r)| (*s, r)).ok_or(None);
+        };
+        let wanted = match common::window::parse_specs(text) {
+            Ok(specs) if specs.len() == 1 => specs[0],
+            Ok(_) => return Err(Some(format!("window: {text:?} names more than one spec"))),
+            Err(e) => return Err(Some(format!("window: {}", e.reason))),
+        };
+        match self.specs.get(&wanted) {
+            Some(r) => Ok((wanted, r)),
+            None if self.specs.is_empty() => Err(None),
+            None => Err(Some(format!(
+                "window: {text:?} is not a window spec of group {:?} (its specs: {})",
+                self.group,
+                self.specs
+                    .keys()
+                    .map(WindowSpec::label)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
 }
 
 /// What `/healthz` answers from, without waiting on anything (a plain mutex, held for copies).
@@ -128,8 +180,8 @@ pub struct Shared {
     pub settings: ServeSettings,
     /// Ends the event streams at shutdown (open streams would hold the server).
     pub shutdown: tokio_util::sync::CancellationToken,
-    /// The JSON report, built at most every few seconds.
-    pub report: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// The JSON reports (by the `window` asked for), each built at most every few seconds.
+    pub reports: tokio::sync::Mutex<HashMap<String, (Instant, String)>>,
 }
 
 /// Serves until shutdown.
@@ -158,7 +210,7 @@ pub async fn run(settings: ServeSettings, ctx: common::Context) -> anyhow::Resul
         state: RwLock::new(State {
             group: settings.source.group.clone(),
             scope: settings.source.scope(),
-            live: None,
+            specs: BTreeMap::new(),
             waiting: Some("starting".into()),
             pipeline: pipeline::Pipeline::default(),
             db: DbStatus {
@@ -166,9 +218,6 @@ pub async fn run(settings: ServeSettings, ctx: common::Context) -> anyhow::Resul
                 error: None,
                 last_ok_us: None,
             },
-            accuracy: Accuracy::default(),
-            batch_seconds: 0.0,
-            raw_rows: 0,
         }),
         health: std::sync::Mutex::new(Health {
             up: true,
@@ -179,7 +228,7 @@ pub async fn run(settings: ServeSettings, ctx: common::Context) -> anyhow::Resul
         pool,
         settings: settings.clone(),
         shutdown: ctx.shutdown.clone(),
-        report: tokio::sync::Mutex::new(None),
+        reports: tokio::sync::Mutex::new(HashMap::new()),
     });
     tracing::info!(listen = %settings.listen, group = %settings.source.group, "serving the dashboard");
     let poller = tokio::spawn(poll::run(shared.clone(), ctx.shutdown.clone()));

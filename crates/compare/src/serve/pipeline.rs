@@ -1,7 +1,9 @@
-//! The pipeline panel: per service, its instances' latest statistics rows (read by id, a
-//! primary-key range), recent throughput, lag, latency, late events, dead letters, and when it was
-//! last seen (stale when its rows stopped coming); and the dead letters not replayed yet: how
-//! many, and the newest few (service, reason, error, when).
+//! The pipeline panel: per service of the group's run, its instances' latest statistics rows
+//! (read by id, a primary-key range), recent throughput, lag, latency, late events, dead letters,
+//! and when it was last seen (stale when its rows stopped coming); and the dead letters not
+//! replayed yet: how many, and the newest few (service, reason, error, when). Which instances are
+//! the run's is [`crate::services`]' rule: the group's own aggregator, never another group's,
+//! and the other services that ran with it (a finished run's, not a later one's).
 
 use std::collections::BTreeMap;
 
@@ -9,7 +11,10 @@ use common::figures::{LatencyFigures, SpecificFigures};
 use serde::Serialize;
 use sqlx::MySqlPool;
 
-use crate::batch::us;
+use crate::{
+    batch::us,
+    services::{self, Instance},
+};
 
 /// One `service_stats` row.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +22,9 @@ pub struct StatsRow {
     pub id: i64,
     pub service: String,
     pub instance: String,
+    /// The consumer group the instance runs in (none for the producer).
+    pub group: Option<String>,
+    pub started_us: i64,
     pub recorded_us: i64,
     pub events_in: i64,
     pub dead_letters: i64,
@@ -78,7 +86,8 @@ pub const NEWEST_DEAD_LETTERS: i64 = 5;
 /// Characters of a dead letter's error shown.
 pub const ERROR_EXCERPT: i64 = 160;
 
-/// The latest two rows of every instance seen in the last hour, and the dead letters.
+/// The latest two rows of every instance seen in the last hour (and of the run's, however old),
+/// and the dead letters.
 #[derive(Debug, Default)]
 pub struct Pipeline {
     /// Last id read.
@@ -108,12 +117,18 @@ impl Pipeline {
         }
     }
 
-    /// The panel at `now_us` (the database's clock, like the rows').
-    pub fn panel(&mut self, now_us: i64) -> Vec<ServicePanel> {
-        self.instances
-            .retain(|_, (_, last)| now_us - last.recorded_us < FORGET_US);
+    /// The panel of `run` at `now_us` (the database's clock, like the rows').
+    pub fn panel(&mut self, now_us: i64, run: &services::Run) -> Vec<ServicePanel> {
+        let span = run.span(self.instances.values().map(|(_, last)| instance(last)));
+        self.instances.retain(|_, (_, last)| {
+            now_us - last.recorded_us < FORGET_US
+                || (span.is_some() && run.belongs(&instance(last), span))
+        });
         let mut by: BTreeMap<&str, Vec<Seen>> = BTreeMap::new();
         for (prev, last) in self.instances.values() {
+            if !run.belongs(&instance(last), span) {
+                continue;
+            }
             let interval = prev
                 .as_ref()
                 .map_or(DEFAULT_INTERVAL_US, |p| last.recorded_us - p.recorded_us)
@@ -182,10 +197,22 @@ impl Pipeline {
 /// An instance's previous and last rows, and whether it is stale.
 type Seen<'a> = (&'a Option<StatsRow>, &'a StatsRow, bool);
 
+/// An instance as the rule sees it, from its last row.
+fn instance(row: &StatsRow) -> Instance<'_> {
+    Instance {
+        service: &row.service,
+        group: row.group.as_deref(),
+        started_us: row.started_us,
+        last_us: row.recorded_us,
+    }
+}
+
 type Row = (
     i64,
     String,
     String,
+    Option<String>,
+    i64,
     i64,
     i64,
     i64,
@@ -239,8 +266,14 @@ pub async fn dead_letters(pool: &MySqlPool) -> anyhow::Result<DeadLetters> {
     })
 }
 
-/// Rows after `cursor` (at start, 0: the latest few thousand), and the database's clock.
-pub async fn read(pool: &MySqlPool, cursor: i64) -> anyhow::Result<(Vec<StatsRow>, i64)> {
+/// Rows after `cursor`, and the database's clock. At start (`cursor` 0): the latest few
+/// thousand rows, or from a few thousand before the group's aggregator's last row when that is
+/// older (a finished run's figures).
+pub async fn read(
+    pool: &MySqlPool,
+    cursor: i64,
+    run: &services::Run,
+) -> anyhow::Result<(Vec<StatsRow>, i64)> {
     let now_us: i64 = sqlx::query_scalar(&format!(
         "SELECT CAST({} AS SIGNED)",
         us("UTC_TIMESTAMP(6)")
@@ -250,55 +283,64 @@ pub async fn read(pool: &MySqlPool, cursor: i64) -> anyhow::Result<(Vec<StatsRow
     let after = if cursor > 0 {
         cursor
     } else {
-        let max: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM service_stats")
-            .fetch_one(pool)
-            .await?;
-        max.unwrap_or(0) - START_ROWS
+        let (max, group_max): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT MAX(id) FROM service_stats), \
+                    (SELECT MAX(id) FROM service_stats WHERE consumer_group = ? AND service = ?)",
+        )
+        .bind(&run.group)
+        .bind(services::AGGREGATOR)
+        .fetch_one(pool)
+        .await?;
+        max.unwrap_or(0).min(group_max.unwrap_or(i64::MAX)) - START_ROWS
     };
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT id, service, instance, CAST({} AS SIGNED), events_in, dead_letters, late_events, consumer_lag, \
-                cpu_seconds, peak_rss_bytes, details \
+        "SELECT id, service, instance, consumer_group, CAST({} AS SIGNED), CAST({} AS SIGNED), events_in, \
+                dead_letters, late_events, consumer_lag, cpu_seconds, peak_rss_bytes, details \
          FROM service_stats WHERE id > ? ORDER BY id LIMIT 10000",
+        us("started_at"),
         us("recorded_at")
     ))
     .bind(after)
     .fetch_all(pool)
     .await?;
-    Ok((
-        rows.into_iter()
-            .map(
-                |(
-                    id,
-                    service,
-                    instance,
-                    recorded_us,
-                    events_in,
-                    dead_letters,
-                    late_events,
-                    consumer_lag,
-                    cpu_seconds,
-                    peak_rss_bytes,
-                    details,
-                )| StatsRow {
-                    id,
-                    service,
-                    instance,
-                    recorded_us,
-                    events_in,
-                    dead_letters,
-                    late_events,
-                    consumer_lag,
-                    cpu_seconds,
-                    peak_rss_bytes,
-                    details: details
-                        .as_deref()
-                        .map(SpecificFigures::from_json)
-                        .unwrap_or_default(),
-                },
-            )
-            .collect(),
-        now_us,
-    ))
+    Ok((rows.into_iter().map(stats_row).collect(), now_us))
+}
+
+fn stats_row(
+    (
+        id,
+        service,
+        instance,
+        group,
+        started_us,
+        recorded_us,
+        events_in,
+        dead_letters,
+        late_events,
+        consumer_lag,
+        cpu_seconds,
+        peak_rss_bytes,
+        details,
+    ): Row,
+) -> StatsRow {
+    StatsRow {
+        id,
+        service,
+        instance,
+        group,
+        started_us,
+        recorded_us,
+        events_in,
+        dead_letters,
+        late_events,
+        consumer_lag,
+        cpu_seconds,
+        peak_rss_bytes,
+        details: details
+            .as_deref()
+            .map(SpecificFigures::from_json)
+            .unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +352,8 @@ mod tests {
             id,
             service: service.into(),
             instance: instance.into(),
+            group: None,
+            started_us: 0,
             recorded_us: t_s * 1_000_000,
             events_in: events,
             dead_letters: 1,
@@ -330,7 +374,8 @@ mod tests {
         p.add(row(4, "raw-consumer", "b", 110, 500));
         p.add(row(5, "producer", "c", 50, 10));
         p.add(row(3, "raw-consumer", "a", 110, 1000)); // read again: ignored
-        let panel = p.panel(112_000_000);
+        let run = services::Run::new("agg", "raw");
+        let panel = p.panel(112_000_000, &run);
         let raw = panel.iter().find(|s| s.service == "raw-consumer").unwrap();
         assert_eq!(raw.instances, 2);
         assert!((raw.events_per_second - 150.0).abs() < 1e-9, "{raw:?}");
@@ -348,6 +393,6 @@ mod tests {
         assert_eq!(producer.events_in, 10, "the last known figures stay shown");
         assert_eq!(p.cursor, 5);
         // An hour later everything is forgotten.
-        assert!(p.panel(112_000_000 + FORGET_US).is_empty());
+        assert!(p.panel(112_000_000 + FORGET_US, &run).is_empty());
     }
 }

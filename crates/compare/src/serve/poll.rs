@@ -1,115 +1,72 @@
-//! The poller: reads what changed since the last tick and pushes it. Each tick's reads are one
-//! consistent snapshot ([`Snapshot`]), so the stream rows, raw rows, late events and the
-//! consumers' offsets it sees are of one moment.
+//! The poller: reads what changed since the last tick and pushes it, for every window spec shown.
+//! Each tick's reads are one consistent snapshot ([`Snapshot`]), so the stream rows, raw rows,
+//! late events and the consumers' offsets it sees are of one moment.
 //!
+//! - the group's specs (`stream_agg_specs`): a spec recorded later (the aggregator restarted with
+//!   more) is read whole and shown from then on;
 //! - `stream_agg` by `updated_at` (its index), from the database's clock at the previous tick's
 //!   snapshot less a margin, so that a transaction that committed after a later one is not
 //!   missed (and a row stamped ahead of the clock hides nothing); rows that did not change are
 //!   dropped by [`Live`];
 //! - `raw_coin_data` and `late_events` by id (primary key) with the same margin: each new row marks
-//!   its pair's slide bucket, and the windows over marked buckets are recomputed by range scans;
+//!   its pair's slide bucket (a raw row in every spec, a late event in its own), and the windows
+//!   over marked buckets are recomputed by range scans (`changes`);
 //! - a stream window that changed and does not match its batch side is recomputed too;
-//! - the groups' offsets, for the windows not settled yet ([`crate::settle`]);
+//! - the groups' offsets and each spec's watermark, for the windows not settled yet
+//!   ([`crate::settle`]);
 //! - `service_stats` by id and the dead letters not replayed, for the pipeline panel, every
 //!   second (outside the snapshot, and with no lock on the state held while reading).
 //!
 //! A failed read marks the database down (pushed to the page), and the poller retries with backoff.
 
 use std::{
-    collections::{BTreeSet, VecDeque},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use chrono::{DateTime, NaiveDateTime};
 use common::{backoff::Backoff, window::WindowSpec};
+use serde_json::json;
 use sqlx::MySqlConnection;
 use tokio_util::sync::CancellationToken;
 
-use super::{live::Live, pipeline, Event, Shared};
-use crate::{
-    accuracy::{Key, Status},
-    batch::{self, Scope, REREAD_MARGIN as MARGIN},
-    queries::{self, Snapshot, StreamRow},
-    settle::{self, Settlement},
+use super::{
+    changes::{self, Dirty},
+    cursor::IdCursor,
+    live::Live,
+    pipeline, Event, Resolution, Shared,
 };
-/// New raw rows read per tick.
-const RAW_BATCH: i64 = 50_000;
+use crate::{
+    accuracy::{Key, Status, StreamWindow},
+    batch::{self, REREAD_MARGIN as MARGIN},
+    queries::{self, RecordedSpec, Snapshot},
+    settle,
+};
+
 /// Views per `windows` event.
 const EVENT_CHUNK: usize = 2_000;
-
-/// Ids read so far, with what was read within the margin.
-#[derive(Debug, Default)]
-struct IdCursor {
-    seen: i64,
-    recent: BTreeSet<i64>,
-    /// (when, `seen` then): the floor to read again from is `seen` as of [`MARGIN`] ago.
-    history: VecDeque<(Instant, i64)>,
-    floor: i64,
-}
-
-impl IdCursor {
-    fn start(seen: i64) -> Self {
-        IdCursor {
-            seen,
-            floor: seen,
-            ..Default::default()
-        }
-    }
-
-    /// Where this tick reads from.
-    fn from(&mut self, now: Instant) -> i64 {
-        while let Some((t, s)) = self.history.front() {
-            if now.duration_since(*t) < MARGIN {
-                break;
-            }
-            self.floor = *s;
-            self.history.pop_front();
-        }
-        // At most this many (a bulk load does not make every tick read it all again).
-        self.floor = self.floor.max(self.seen - batch::REREAD_IDS);
-        let floor = self.floor;
-        self.recent = self.recent.split_off(&(floor + 1));
-        floor
-    }
-
-    /// How many rows above `from` were read before (read again in this tick).
-    fn reread(&self, from: i64) -> i64 {
-        self.recent.range(from + 1..).count() as i64
-    }
-
-    /// Whether `id` is new (not read before), recording it.
-    fn fresh(&mut self, id: i64) -> bool {
-        self.seen = self.seen.max(id);
-        self.recent.insert(id)
-    }
-
-    fn tick_done(&mut self, now: Instant) {
-        self.history.push_back((now, self.seen));
-    }
-}
 
 /// The poller's own state beside [`Shared`].
 #[derive(Debug)]
 struct Poller {
     shared: Arc<Shared>,
-    spec: Option<WindowSpec>,
-    /// `stream_agg` rows are read from this `updated_at` on (µs, the database's clock).
-    stream_from_us: i64,
+    /// The specs shown, as the group recorded them (their watermarks for the settlement).
+    specs: BTreeMap<WindowSpec, RecordedSpec>,
+    /// `stream_agg` rows are read from this `updated_at` on (µs, the database's clock); `None`
+    /// until the first spec is shown.
+    stream_from_us: Option<i64>,
     raw: IdCursor,
     late: IdCursor,
     last_pipeline: Option<Instant>,
     /// The last read of the dead letters failed (said once).
     dead_letters_failed: bool,
-    pending: Pending,
+    pending: BTreeMap<WindowSpec, Pending>,
 }
 
-/// Read but not yet applied and pushed (kept across a failed tick).
+/// Read but not yet applied and pushed, per spec (kept across a failed tick).
 #[derive(Debug, Default)]
 struct Pending {
-    stream: Vec<(Key, crate::accuracy::StreamWindow)>,
-    /// Slide buckets whose windows need the batch side again.
-    dirty: BTreeSet<Key>,
+    stream: Vec<(Key, StreamWindow)>,
     /// Windows whose view changed, not yet pushed.
     changed: BTreeSet<Key>,
 }
@@ -119,14 +76,16 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let interval = shared.settings.poll_interval;
     let mut poller = Poller {
         shared: shared.clone(),
-        spec: None,
-        stream_from_us: 0,
+        specs: BTreeMap::new(),
+        stream_from_us: None,
         raw: IdCursor::default(),
         late: IdCursor::default(),
         last_pipeline: None,
         dead_letters_failed: false,
-        pending: Pending::default(),
+        pending: BTreeMap::new(),
     };
+    // Slide buckets marked and not yet recomputed (kept across a failed tick).
+    let mut dirty = Dirty::new();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,27 +95,15 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match poller.tick().await {
+        match poller.tick(&mut dirty).await {
             Ok(()) => {
                 backoff.reset();
                 poller.answered(&mut down).await;
             }
             Err(e) => {
-                let error = format!("{e:#}");
                 let delay = backoff.next_delay();
-                tracing::warn!(error, retry_in = ?delay, "reading the tables failed");
-                {
-                    let mut health = poller.health();
-                    health.up = false;
-                    health.error = Some(error.clone());
-                }
-                {
-                    let mut state = shared.state.write().await;
-                    state.db.up = false;
-                    state.db.error = Some(error);
-                }
+                poller.failed(format!("{e:#}"), delay).await;
                 down = true;
-                poller.status().await;
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(delay) => {}
@@ -192,6 +139,22 @@ impl Poller {
         }
     }
 
+    /// A tick failed: the database is down (said on the page), retried after `delay`.
+    async fn failed(&mut self, error: String, delay: Duration) {
+        tracing::warn!(error, retry_in = ?delay, "reading the tables failed");
+        {
+            let mut health = self.health();
+            health.up = false;
+            health.error = Some(error.clone());
+        }
+        {
+            let mut state = self.shared.state.write().await;
+            state.db.up = false;
+            state.db.error = Some(error);
+        }
+        self.status().await;
+    }
+
     fn send(&self, name: &'static str, data: String) {
         // No receiver (no page open) is fine.
         let _ = self.shared.events.send(Event { name, data });
@@ -200,21 +163,30 @@ impl Poller {
     /// Pushes the database status and what the dashboard waits for.
     async fn status(&self) {
         let state = self.shared.state.read().await;
-        let data = serde_json::json!({ "db": state.db, "waiting": state.waiting }).to_string();
+        let data = json!({ "db": state.db, "waiting": state.waiting }).to_string();
         drop(state);
         self.send("status", data);
     }
 
-    async fn tick(&mut self) -> anyhow::Result<()> {
+    async fn tick(&mut self, dirty: &mut Dirty) -> anyhow::Result<()> {
         let mut snap = Snapshot::begin(&self.shared.pool).await?;
         let db_now_us = queries::db_now_us(snap.conn()).await?;
         self.health().db_clock = Some((db_now_us, Instant::now()));
-        if self.spec.is_none() {
-            self.start(snap.conn(), db_now_us).await?;
-        } else {
-            self.changes(snap.conn(), db_now_us).await?;
+        let new = self.new_specs(snap.conn()).await?;
+        if self.stream_from_us.is_some() {
+            self.changes(snap.conn(), db_now_us, dirty).await?;
+        } else if !new.is_empty() {
+            self.follow_from(snap.conn(), db_now_us).await?;
+        }
+        for recorded in &new {
+            self.start(snap.conn(), *recorded).await?;
         }
         snap.end().await?;
+        if !new.is_empty() {
+            self.shared.state.write().await.waiting = None;
+            self.status().await;
+            self.send("resync", "{}".into());
+        }
         self.push().await?;
         if self
             .last_pipeline
@@ -235,28 +207,68 @@ impl Poller {
         }
     }
 
-    /// The window spec, then everything in scope read once (in the snapshot `conn`).
-    async fn start(&mut self, conn: &mut MySqlConnection, db_now_us: i64) -> anyhow::Result<()> {
-        let source = self.shared.settings.source.clone();
-        let Some(spec) = source.spec(conn).await? else {
-            let waiting = format!(
-                "no window spec recorded for aggregator group {:?} yet: is the stream aggregator running with --group {:?}?",
-                source.group, source.group
-            );
-            self.set_waiting(waiting).await;
-            return Ok(());
+    /// The specs to show that are not shown yet (in the snapshot `conn`). Until there is one, the
+    /// page says what it waits for.
+    async fn new_specs(&mut self, conn: &mut MySqlConnection) -> anyhow::Result<Vec<RecordedSpec>> {
+        let source = &self.shared.settings.source;
+        let recorded = queries::recorded_specs(conn, &source.group).await?;
+        let chosen = match source.choose(&recorded) {
+            Ok(c) => c,
+            Err(_) if !self.specs.is_empty() => return Ok(Vec::new()),
+            Err(e) if recorded.is_empty() => {
+                let waiting = format!(
+                    "no window spec recorded for aggregator group {:?} yet: is the stream aggregator running with --group {:?}?",
+                    source.group, source.group
+                );
+                tracing::debug!(error = %e, "waiting");
+                self.set_waiting(waiting).await;
+                return Ok(Vec::new());
+            }
+            Err(e) => {
+                self.set_waiting(e.to_string()).await;
+                return Ok(Vec::new());
+            }
         };
-        self.set_waiting("computing the batch side".into()).await;
-        let scope = source.scope();
+        let new: Vec<RecordedSpec> = chosen
+            .into_iter()
+            .filter(|r| !self.specs.contains_key(&r.spec))
+            .collect();
+        if !new.is_empty() && self.specs.is_empty() {
+            self.set_waiting("computing the batch side".into()).await;
+        }
+        Ok(new)
+    }
+
+    /// Where the cursors start, before the first spec is read whole in the same snapshot.
+    async fn follow_from(
+        &mut self,
+        conn: &mut MySqlConnection,
+        db_now_us: i64,
+    ) -> anyhow::Result<()> {
         let (raw_max, late_max): (Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT (SELECT MAX(id) FROM raw_coin_data), (SELECT MAX(id) FROM late_events)",
         )
-        .fetch_one(&mut *conn)
+        .fetch_one(conn)
         .await?;
+        self.raw = IdCursor::start(raw_max.unwrap_or(0));
+        self.late = IdCursor::start(late_max.unwrap_or(0));
+        self.stream_from_us = Some(db_now_us - margin_us());
+        Ok(())
+    }
+
+    /// One spec read whole (in the snapshot `conn`) and shown from now on.
+    async fn start(
+        &mut self,
+        conn: &mut MySqlConnection,
+        recorded: RecordedSpec,
+    ) -> anyhow::Result<()> {
+        let source = self.shared.settings.source.clone();
+        let (spec, scope) = (recorded.spec, source.scope());
         let started = Instant::now();
         let batch = batch::compute(conn, spec, &source.group, &scope).await?;
-        let stream = queries::stream(conn, &scope).await?;
+        let stream = queries::stream(conn, &source.group, spec, &scope).await?;
         tracing::info!(
+            window = %spec,
             windows = batch.windows.len(),
             raw_rows = batch.raw_rows,
             stream_windows = stream.len(),
@@ -264,160 +276,163 @@ impl Poller {
             "both sides read"
         );
         let mut live = Live::new(spec, stream, batch.windows);
-        let mut settlement = settle::read(conn, &source.raw_group, &source.group).await?;
+        let mut settlement = settle::read(conn, &source.raw_group, &source.group, recorded).await?;
         if settlement.aggregator_behind() {
             let candidates = live.failing(&settlement);
             settle::check_unread(conn, spec, &mut settlement, candidates).await?;
         }
         live.apply_settlement(settlement);
-        self.raw = IdCursor::start(raw_max.unwrap_or(0));
-        self.late = IdCursor::start(late_max.unwrap_or(0));
-        self.stream_from_us = db_now_us - margin_us();
-        self.spec = Some(spec);
-        {
-            let mut state = self.shared.state.write().await;
-            state.accuracy = live.accuracy();
-            state.live = Some(live);
-            state.waiting = None;
-            state.batch_seconds = batch.seconds;
-            state.raw_rows = batch.raw_rows;
-        }
-        self.status().await;
-        self.send("resync", "{}".into());
+        let resolution = Resolution {
+            accuracy: live.accuracy(),
+            live,
+            batch_seconds: batch.seconds,
+            raw_rows: batch.raw_rows,
+        };
+        self.shared
+            .state
+            .write()
+            .await
+            .specs
+            .insert(spec, resolution);
+        self.specs.insert(spec, recorded);
         Ok(())
     }
 
-    /// One tick's changes, read in the snapshot `conn` and applied. What a tick has read is kept
-    /// until it is applied and pushed: a tick that fails half-way (the database went away)
-    /// leaves it for the next.
-    async fn changes(&mut self, conn: &mut MySqlConnection, db_now_us: i64) -> anyhow::Result<()> {
-        let Some(spec) = self.spec else {
-            return Ok(());
-        };
+    /// One tick's changes, read in the snapshot `conn` and applied to every spec shown. What a
+    /// tick has read is kept until it is applied and pushed: a tick that fails half-way (the
+    /// database went away) leaves it for the next.
+    async fn changes(
+        &mut self,
+        conn: &mut MySqlConnection,
+        db_now_us: i64,
+        dirty: &mut Dirty,
+    ) -> anyhow::Result<()> {
         let source = self.shared.settings.source.clone();
-        let scope = source.scope();
         let now = Instant::now();
-        let stream_rows = self.stream_changes(conn, &scope).await?;
-        self.pending.stream.extend(stream_rows);
-        let dirty = bucket_changes(conn, &mut self.raw, spec, now, None).await?;
-        self.pending.dirty.extend(dirty);
-        let group = Some(source.group.as_str());
-        let dirty = bucket_changes(conn, &mut self.late, spec, now, group).await?;
-        self.pending.dirty.extend(dirty);
-        self.apply_stream(spec).await;
-        let ranges = batch::dirty_ranges(spec, &scope, &self.pending.dirty);
+        let shown: BTreeSet<WindowSpec> = self.specs.keys().copied().collect();
+        let from_us = self.stream_from_us.unwrap_or(db_now_us - margin_us());
+        let rows =
+            changes::stream_rows(conn, &source.group, &shown, from_us, &source.scope()).await?;
+        for (spec, key, w) in rows {
+            self.pending.entry(spec).or_default().stream.push((key, w));
+        }
+        for spec in &shown {
+            dirty.entry(*spec).or_default();
+        }
+        changes::raw_buckets(conn, &mut self.raw, now, dirty).await?;
+        changes::late_buckets(conn, &mut self.late, now, &source.group, dirty).await?;
+        for recorded in self.specs.values().copied().collect::<Vec<_>>() {
+            let marked = dirty.entry(recorded.spec).or_default();
+            self.spec_changes(conn, recorded, marked).await?;
+        }
+        self.stream_from_us = Some(db_now_us - margin_us());
+        Ok(())
+    }
+
+    /// One spec's changes: its stream rows applied, the windows over its marked buckets
+    /// recomputed, its settlement read again (in the snapshot `conn`).
+    async fn spec_changes(
+        &mut self,
+        conn: &mut MySqlConnection,
+        recorded: RecordedSpec,
+        marked: &mut BTreeSet<Key>,
+    ) -> anyhow::Result<()> {
+        let source = self.shared.settings.source.clone();
+        let spec = recorded.spec;
+        self.apply_stream(spec, marked).await;
+        let ranges = batch::dirty_ranges(spec, &source.scope(), marked);
         let mut recomputed = Vec::with_capacity(ranges.len());
         for range in &ranges {
             let b = batch::compute(conn, spec, &source.group, range).await?;
             recomputed.push((range, b.windows));
         }
-        self.pending.dirty.clear();
-        let mut settlement = settle::read(conn, &source.raw_group, &source.group).await?;
-        {
-            let mut state = self.shared.state.write().await;
-            if let Some(live) = state.live.as_mut() {
-                for (range, windows) in recomputed {
-                    self.pending
-                        .changed
-                        .extend(live.apply_batch(range, windows));
-                }
-            }
+        marked.clear();
+        let mut settlement = settle::read(conn, &source.raw_group, &source.group, recorded).await?;
+        let pending = self.pending.entry(spec).or_default();
+        let mut state = self.shared.state.write().await;
+        let Some(r) = state.specs.get_mut(&spec) else {
+            return Ok(());
+        };
+        for (range, windows) in recomputed {
+            pending.changed.extend(r.live.apply_batch(range, windows));
         }
-        if settlement.aggregator_behind() {
-            let candidates = {
-                let state = self.shared.state.read().await;
-                state.live.as_ref().map_or_else(Vec::new, |live| {
-                    live.unread_candidates(&self.pending.changed, &settlement)
-                })
-            };
+        let candidates = settlement
+            .aggregator_behind()
+            .then(|| r.live.unread_candidates(&pending.changed, &settlement));
+        drop(state);
+        if let Some(candidates) = candidates {
             settle::check_unread(conn, spec, &mut settlement, candidates).await?;
         }
-        self.apply_settlement(settlement).await;
-        self.stream_from_us = db_now_us - margin_us();
+        let mut state = self.shared.state.write().await;
+        if let Some(r) = state.specs.get_mut(&spec) {
+            let pending = self.pending.entry(spec).or_default();
+            pending.changed.extend(r.live.apply_settlement(settlement));
+        }
         Ok(())
     }
 
-    /// Applies the stream rows read; a changed stream window that does not match is read again on
-    /// the batch side.
-    async fn apply_stream(&mut self, spec: WindowSpec) {
+    /// Applies one spec's stream rows read; a changed stream window that does not match is
+    /// marked for the batch side again.
+    async fn apply_stream(&mut self, spec: WindowSpec, marked: &mut BTreeSet<Key>) {
+        let pending = self.pending.entry(spec).or_default();
         let mut state = self.shared.state.write().await;
-        let Some(live) = state.live.as_mut() else {
+        let Some(r) = state.specs.get_mut(&spec) else {
             return;
         };
-        let changed = live.apply_stream(std::mem::take(&mut self.pending.stream));
+        let changed = r.live.apply_stream(std::mem::take(&mut pending.stream));
         for k in &changed {
-            if live.view(k).status != Status::Match {
-                self.pending.dirty.insert((
+            if r.live.view(k).status != Status::Match {
+                marked.insert((
                     k.0.clone(),
                     k.1.clone(),
                     k.2.div_euclid(spec.slide_us) + spec.windows_per_event() - 1,
                 ));
             }
         }
-        self.pending.changed.extend(changed);
+        pending.changed.extend(changed);
     }
 
-    async fn apply_settlement(&mut self, settlement: Settlement) {
-        let mut state = self.shared.state.write().await;
-        if let Some(live) = state.live.as_mut() {
-            let changed = live.apply_settlement(settlement);
-            self.pending.changed.extend(changed);
-        }
-    }
-
-    /// Pushes the views of the windows that changed, and the verdict when it changed.
+    /// Pushes the views of the windows that changed, per spec, and each verdict that changed.
     async fn push(&mut self) -> anyhow::Result<()> {
-        if self.pending.changed.is_empty() {
-            return Ok(());
-        }
-        let mut state = self.shared.state.write().await;
-        let Some(live) = state.live.as_ref() else {
-            return Ok(());
-        };
-        let changed = std::mem::take(&mut self.pending.changed);
-        let views: Vec<_> = changed.iter().map(|k| live.view(k)).collect();
-        let accuracy = live.accuracy();
-        let summary_changed = state.accuracy != accuracy;
-        state.accuracy = accuracy;
-        let summary = serde_json::to_string(&state.accuracy)?;
-        drop(state);
-        for chunk in views.chunks(EVENT_CHUNK) {
-            self.send("windows", serde_json::to_string(chunk)?);
-        }
-        if summary_changed {
-            self.send("summary", summary);
+        for (spec, pending) in &mut self.pending {
+            if pending.changed.is_empty() {
+                continue;
+            }
+            let mut state = self.shared.state.write().await;
+            let Some(r) = state.specs.get_mut(spec) else {
+                continue;
+            };
+            let changed = std::mem::take(&mut pending.changed);
+            let views: Vec<_> = changed.iter().map(|k| r.live.view(k)).collect();
+            let accuracy = r.live.accuracy();
+            let summary_changed = r.accuracy != accuracy;
+            r.accuracy = accuracy;
+            let summary = json!({ "window": spec.label(), "accuracy": r.accuracy }).to_string();
+            drop(state);
+            let window = spec.label();
+            for chunk in views.chunks(EVENT_CHUNK) {
+                let data = json!({ "window": window, "views": chunk }).to_string();
+                let _ = self.shared.events.send(Event {
+                    name: "windows",
+                    data,
+                });
+            }
+            if summary_changed {
+                let _ = self.shared.events.send(Event {
+                    name: "summary",
+                    data: summary,
+                });
+            }
         }
         Ok(())
-    }
-
-    /// `stream_agg` rows changed since the previous tick's snapshot less the margin, in scope.
-    async fn stream_changes(
-        &mut self,
-        conn: &mut MySqlConnection,
-        scope: &Scope,
-    ) -> anyhow::Result<Vec<(Key, crate::accuracy::StreamWindow)>> {
-        let from: NaiveDateTime = DateTime::from_timestamp_micros(self.stream_from_us)
-            .unwrap_or_default()
-            .naive_utc();
-        let rows: Vec<StreamRow> = sqlx::query_as(&format!(
-            "SELECT {} FROM stream_agg WHERE updated_at >= ?",
-            queries::stream_columns()
-        ))
-        .bind(from)
-        .fetch_all(conn)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| scope.contains(&r.0, &r.1, r.2))
-            .map(queries::stream_window)
-            .collect())
     }
 
     /// The services' statistics and the dead letters, pushed as the panel. The state is locked
     /// only to take the cursor and to add what was read, never while reading.
     async fn pipeline(&mut self) -> anyhow::Result<()> {
         let cursor = self.shared.state.read().await.pipeline.cursor;
-        let (rows, now_us) = pipeline::read(&self.shared.pool, cursor).await?;
+        let run = self.shared.settings.source.run();
+        let (rows, now_us) = pipeline::read(&self.shared.pool, cursor, &run).await?;
         // Not fatal (a database whose dead_letters lacks the replay columns): said once.
         let dead = match pipeline::dead_letters(&self.shared.pool).await {
             Ok(d) => Some(d),
@@ -436,11 +451,10 @@ impl Poller {
         if let Some(dead) = dead {
             state.pipeline.dead_letters = dead;
         }
-        let panel = state.pipeline.panel(now_us);
+        let panel = state.pipeline.panel(now_us, &run);
         let dead = state.pipeline.dead_letters.clone();
         drop(state);
-        let data = serde_json::json!({ "now_us": now_us, "services": panel, "dead_letters": dead })
-            .to_string();
+        let data = json!({ "now_us": now_us, "services": panel, "dead_letters": dead }).to_string();
         self.send("pipeline", data);
         Ok(())
     }
@@ -448,70 +462,4 @@ impl Poller {
 
 fn margin_us() -> i64 {
     i64::try_from(MARGIN.as_micros()).unwrap_or(i64::MAX)
-}
-
-/// Slide buckets of the rows new since the last tick: of `raw_coin_data`, or of `late_events` of
-/// aggregator group `group`. No upper id bound (ids have gaps: every replayed duplicate and
-/// rolled-back insert uses one up); the limit covers the rows read again in the margin and a batch
-/// of new ones.
-async fn bucket_changes(
-    conn: &mut MySqlConnection,
-    cursor: &mut IdCursor,
-    spec: WindowSpec,
-    now: Instant,
-    group: Option<&str>,
-) -> anyhow::Result<BTreeSet<Key>> {
-    let from = cursor.from(now);
-    let (table, condition) = match group {
-        None => ("raw_coin_data", ""),
-        Some(_) => ("late_events", " AND consumer_group = ?"),
-    };
-    let sql = format!(
-        "SELECT id, asset_id_base, asset_id_quote, {} FROM {table} r \
-         WHERE id > ?{condition} ORDER BY id LIMIT ?",
-        batch::bucket_sql(spec),
-    );
-    let mut query = sqlx::query_as::<_, (i64, String, String, i64)>(&sql).bind(from);
-    if let Some(group) = group {
-        query = query.bind(group);
-    }
-    let rows = query
-        .bind(cursor.reread(from) + RAW_BATCH)
-        .fetch_all(conn)
-        .await?;
-    let mut dirty = BTreeSet::new();
-    for (id, b, q, bucket) in rows {
-        if cursor.fresh(id) {
-            dirty.insert((b, q, bucket));
-        }
-    }
-    cursor.tick_done(now);
-    Ok(dirty)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_id_cursor_reads_a_margin_again_and_reports_each_id_once() {
-        let t0 = Instant::now();
-        let mut c = IdCursor::start(100);
-        assert_eq!(c.from(t0), 100);
-        assert!(c.fresh(102) && !c.fresh(102));
-        c.tick_done(t0);
-        // Within the margin the floor stays: 101 commits late and is still found.
-        assert_eq!(c.from(t0 + Duration::from_secs(1)), 100);
-        assert!(c.fresh(101) && !c.fresh(102));
-        c.tick_done(t0 + Duration::from_secs(1));
-        // After the margin the floor moves up to what had been seen then.
-        assert_eq!(c.from(t0 + MARGIN + Duration::from_secs(1)), 102);
-        // A bulk load does not make every tick read it all again.
-        assert!(c.fresh(1_000_000));
-        c.tick_done(t0 + MARGIN + Duration::from_secs(2));
-        assert_eq!(
-            c.from(t0 + MARGIN + Duration::from_secs(3)),
-            1_000_000 - batch::REREAD_IDS
-        );
-    }
 }

@@ -4,7 +4,7 @@
 //!
 //! Two pairs on topic `t`: BTC/USD on partition 0, ETH/USD on partition 1, one update a second
 //! from [`T0`] (offset `k` at `T0 + k` s); windows of 10 s, watermark 5 s (aggregator group
-//! [`GROUP`], raw consumer group [`RAW_GROUP`]).
+//! [`GROUP`], its one spec; raw consumer group [`RAW_GROUP`]).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -79,7 +79,7 @@ async fn conn(db: &TestDb) -> MySqlConnection {
 /// The aggregator group's window spec.
 pub async fn spec(db: &TestDb) {
     sqlx::query(
-        "INSERT INTO stream_agg_spec (consumer_group, window_us, slide_us, watermark_us, mode) \
+        "INSERT INTO stream_agg_specs (consumer_group, window_us, slide_us, watermark_us, mode) \
          VALUES (?, ?, ?, ?, 'update')",
     )
     .bind(GROUP)
@@ -188,10 +188,14 @@ pub async fn stream(db: &TestDb, events: &[Event], next: &[(i32, i64)]) {
         upsert_window(&mut tx, base, start, &w, is_final).await;
         if is_final {
             sqlx::query(
-                "INSERT INTO coin_update_count (start_time, end_time, asset_id_base, asset_id_quote, \
-                 update_count, is_final) VALUES (?, ?, ?, 'USD', ?, TRUE) \
+                "INSERT INTO coin_update_count (consumer_group, window_us, slide_us, start_time, \
+                 end_time, asset_id_base, asset_id_quote, update_count, is_final) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'USD', ?, TRUE) \
                  ON DUPLICATE KEY UPDATE update_count = VALUES(update_count), is_final = TRUE",
             )
+            .bind(GROUP)
+            .bind(WINDOW)
+            .bind(WINDOW)
             .bind(time(start))
             .bind(time(start + WINDOW))
             .bind(base)
@@ -214,14 +218,18 @@ pub async fn upsert_window(
     is_final: bool,
 ) {
     sqlx::query(
-        "INSERT INTO stream_agg (start_time, end_time, asset_id_base, asset_id_quote, update_count, \
-         avg_rate, min_rate, max_rate, sum_rate, first_rate, last_rate, last_event_time, is_final, updated_at) \
-         VALUES (?, ?, ?, 'USD', ?, ?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) \
+        "INSERT INTO stream_agg (consumer_group, window_us, slide_us, start_time, end_time, \
+         asset_id_base, asset_id_quote, update_count, avg_rate, min_rate, max_rate, sum_rate, \
+         first_rate, last_rate, last_event_time, is_final, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, 'USD', ?, ?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) \
          ON DUPLICATE KEY UPDATE update_count = VALUES(update_count), avg_rate = VALUES(avg_rate), \
          min_rate = VALUES(min_rate), max_rate = VALUES(max_rate), sum_rate = VALUES(sum_rate), \
          first_rate = VALUES(first_rate), last_rate = VALUES(last_rate), \
          last_event_time = VALUES(last_event_time), is_final = VALUES(is_final), updated_at = VALUES(updated_at)",
     )
+    .bind(GROUP)
+    .bind(WINDOW)
+    .bind(WINDOW)
     .bind(time(start))
     .bind(time(start + WINDOW))
     .bind(base)
@@ -246,14 +254,16 @@ pub async fn aggregator_reads_late_eth(db: &TestDb) {
     let mut c = conn(db).await;
     let mut tx = c.begin().await.unwrap();
     sqlx::query(
-        "INSERT INTO late_events (consumer_group, topic, kafka_partition, kafka_offset, asset_id_base, \
-         asset_id_quote, rate, `time`, watermark, windows_missed, applied) \
-         VALUES (?, ?, ?, ?, ?, 'USD', ?, ?, ?, 1, FALSE)",
+        "INSERT INTO late_events (consumer_group, topic, kafka_partition, kafka_offset, window_us, \
+         slide_us, asset_id_base, asset_id_quote, rate, `time`, watermark, windows_missed, applied) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'USD', ?, ?, ?, 1, FALSE)",
     )
     .bind(GROUP)
     .bind(TOPIC)
     .bind(e.partition)
     .bind(e.offset)
+    .bind(WINDOW)
+    .bind(WINDOW)
     .bind(e.base)
     .bind(e.rate)
     .bind(time(e.time_us))

@@ -275,8 +275,8 @@ pub async fn store(
     Ok(())
 }
 
-/// Slide buckets of the raw rows and the group's late events above `from`: one range scan of
-/// each primary key.
+/// Slide buckets of the raw rows and the group's late events for `spec` above `from`: one range
+/// scan of each primary key.
 async fn dirty_buckets(
     conn: &mut MySqlConnection,
     spec: WindowSpec,
@@ -292,10 +292,12 @@ async fn dirty_buckets(
     .await?;
     let late: Vec<Key> = sqlx::query_as(&format!(
         "SELECT DISTINCT asset_id_base, asset_id_quote, {bucket} FROM late_events r \
-         WHERE id > ? AND consumer_group = ?"
+         WHERE id > ? AND consumer_group = ? AND window_us = ? AND slide_us = ?"
     ))
     .bind(from.late)
     .bind(group)
+    .bind(spec.size_us)
+    .bind(spec.slide_us)
     .fetch_all(&mut *conn)
     .await?;
     Ok(raw.into_iter().chain(late).collect())
