@@ -21,12 +21,13 @@ pub fn plain(bootstrap_servers: &str) -> ClientConfig {
 }
 
 /// Producer defaults over `base` (brokers, security): idempotence on, `acks=all`, lz4
-/// compression, small linger for batching.
+/// compression, a 1 ms linger: an update waits at most 1 ms for others to share its request,
+/// and under load batches form anyway behind the requests in flight.
 pub fn producer_defaults(mut c: ClientConfig) -> ClientConfig {
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
-        .set("linger.ms", "5")
+        .set("linger.ms", "1")
         // Bound the local queue (default 1 GB): memory stays small and a fast source simply
         // waits for the broker instead of buffering without limit.
         .set("queue.buffering.max.kbytes", "16384")
@@ -55,10 +56,11 @@ pub fn consumer_defaults(mut c: ClientConfig, group_id: &str) -> ClientConfig {
         // resume soon instead.
         .set("queued.max.messages.kbytes", "2048")
         .set("fetch.queue.backoff.ms", "20")
-        // A fetch that finds nothing new returns after 100 ms instead of 500: brokers that hold a
-        // fetch for the whole wait (the test broker pads every fetch to at least half of it)
-        // otherwise delay the first messages after an assignment and every live update.
-        .set("fetch.wait.max.ms", "100");
+        // A fetch that finds nothing new returns after 10 ms instead of 500: brokers that hold a
+        // fetch for the whole wait (librdkafka's mock cluster, the test broker pads every fetch
+        // to at least half of it) otherwise delay every live update by up to the wait. Free
+        // under load: a fetch that finds messages returns at once.
+        .set("fetch.wait.max.ms", "10");
     c
 }
 

@@ -46,14 +46,12 @@ use crate::{
 
 const SERVICE: &str = "stream-aggregator";
 
-/// Consumer settings of the aggregator, over the shared ones (which bound the prefetch to 2 MB).
-/// Latency: a fetch that finds nothing new returns within 10 ms (brokers that hold an empty fetch
-/// for the whole wait otherwise add up to 500 ms). Memory: librdkafka keeps a ~200-byte operation
-/// per prefetched message besides the message, and up to 100,000 messages per partition by
-/// default; fewer (re-filled every 5 ms) keep the aggregator under 50 MB at full speed
+/// Consumer settings of the aggregator, over the shared ones (which bound the prefetch to 2 MB and
+/// return an empty fetch within 10 ms). Memory: librdkafka keeps a ~200-byte operation per
+/// prefetched message besides the message, and up to 100,000 messages per partition by default;
+/// fewer (re-filled every 5 ms) keep the aggregator under 50 MB at full speed
 /// (docs/benchmarks.md).
-const TUNING: [(&str, &str); 3] = [
-    ("fetch.wait.max.ms", "10"),
+const TUNING: [(&str, &str); 2] = [
     ("queued.min.messages", "20000"),
     ("fetch.queue.backoff.ms", "5"),
 ];

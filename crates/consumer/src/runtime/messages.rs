@@ -39,6 +39,9 @@ impl<P: Processor> Runtime<'_, P> {
         }
         drop(first);
         let mut stream = consumer.stream();
+        // Caught up: everything fetched is taken (not stopped by the drain limit, a due write
+        // or an error).
+        self.caught_up = false;
         for _ in 0..DRAIN {
             if self.processor.write_due() {
                 break;
@@ -54,15 +57,21 @@ impl<P: Processor> Runtime<'_, P> {
                     self.kafka_error(consumer, &e)?;
                     break;
                 }
-                _ => break,
+                _ => {
+                    self.caught_up = true;
+                    break;
+                }
             }
         }
         if consumer.context().pending() {
             self.apply_rebalances(consumer).await?;
         }
-        // The first write after an assignment goes at once, not at the batch or flush deadline:
-        // a restarted instance shows progress (and frees its lag) as soon as it can.
-        if self.assigned_at.is_some() {
+        // Adaptive commit: once caught up, what is pending is written at once (one write in
+        // flight; what arrives meanwhile goes in the next one, started when it finishes). Under
+        // load the fetched messages never run out, and writes are grouped by size and time
+        // (the processor's `write_due` and `write_deadline`). The first write after an
+        // assignment goes at once too: a restarted instance shows progress as soon as it can.
+        if self.caught_up || self.assigned_at.is_some() {
             self.start_write()?;
         }
         Ok(())

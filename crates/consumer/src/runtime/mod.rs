@@ -93,6 +93,7 @@ pub async fn run<P: Processor>(
         last_probe_ok: None,
         stop_clock: StopClock::start(&ctx.shutdown, args.shutdown_timeout),
         kafka_errors: ErrorLog::default(),
+        caught_up: false,
     };
     let outcome = rt.run(&consumer, ctx.shutdown.clone()).await;
     rt.processor.report(&rt.recorder, &rt.figures);
@@ -217,6 +218,9 @@ struct Runtime<'a, P: Processor> {
     last_probe_ok: Option<Instant>,
     stop_clock: StopClock,
     kafka_errors: ErrorLog,
+    /// The last wake-up took everything fetched: pending work is written without waiting for
+    /// the processor's deadline (adaptive commit).
+    caught_up: bool,
 }
 
 /// Awaits the task in `slot` and empties it.
@@ -302,7 +306,13 @@ impl<P: Processor> Runtime<'_, P> {
         match wake {
             Wake::Stop => return Ok(Flow::Stop),
             Wake::Rebalanced => self.apply_rebalances(consumer).await?,
-            Wake::Written(w) => self.write_finished(consumer, w?, false).await?,
+            Wake::Written(w) => {
+                self.write_finished(consumer, w?, false).await?;
+                // What arrived during that write, at once when nothing more waits.
+                if self.caught_up {
+                    self.start_write()?;
+                }
+            }
             Wake::Probed(Ok(probe)) => return self.on_probe(consumer, probe).await,
             Wake::Probed(Err(e)) => self.probe_failed(&e),
             Wake::WriteDue => {
