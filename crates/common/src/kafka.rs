@@ -56,11 +56,13 @@ pub fn consumer_defaults(mut c: ClientConfig, group_id: &str) -> ClientConfig {
         // resume soon instead.
         .set("queued.max.messages.kbytes", "2048")
         .set("fetch.queue.backoff.ms", "20")
-        // A fetch that finds nothing new returns after 10 ms instead of 500: brokers that hold a
-        // fetch for the whole wait (librdkafka's mock cluster, the test broker pads every fetch
-        // to at least half of it) otherwise delay every live update by up to the wait. Free
-        // under load: a fetch that finds messages returns at once.
-        .set("fetch.wait.max.ms", "10");
+        // A fetch that finds nothing new returns after 5 ms instead of 500: brokers that hold a
+        // fetch for the whole wait (librdkafka's mock cluster; the test broker pads every fetch
+        // to at least half of it) otherwise delay every live update by up to the wait (10 ms gave
+        // a p99 of 25 ms from receipt to row at 1,000 updates/s, 5 ms 23 ms; 2 ms overloaded the
+        // machine at 10,000/s: docs/benchmarks.md). Free under load, where a fetch finds messages
+        // and returns at once; idle, a few hundred empty fetches a second.
+        .set("fetch.wait.max.ms", "5");
     c
 }
 

@@ -186,7 +186,8 @@ pub async fn write_flush(
 }
 
 /// Everything of `parts` but their offsets in the open transaction: results, late events, dead
-/// letters, duplicate log, state and outbox, replayed dead letters marked.
+/// letters, duplicate log, state and outbox, replayed dead letters marked. One statement per
+/// table for all partitions where it can be (each round trip is on the path of every update).
 async fn write_parts(
     tx: &mut MySqlConnection,
     offsets: &OffsetStore,
@@ -200,61 +201,74 @@ async fn write_parts(
         .collect::<anyhow::Result<_>>()?;
     let results: Vec<&WindowResult> = parts.iter().flat_map(|p| &p.results).collect();
     upsert_results(&mut *tx, group, &results).await?;
-    for (p, state) in parts.iter().zip(&states) {
+    for p in parts {
         insert_late(&mut *tx, group, topic, p.partition, &p.late).await?;
         let dead: Vec<&DeadLetter> = p.dead.iter().collect();
         dead_letters::insert(&mut *tx, service, group, topic, &dead).await?;
         for &id in &p.replayed {
             dead_letters::mark_replayed(&mut *tx, id).await?;
         }
-        write_seen(&mut *tx, group, topic, p).await?;
-        sqlx::query(
-            "INSERT INTO aggregator_state (consumer_group, topic, kafka_partition, seen_seq, state, unpublished, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6)) ON DUPLICATE KEY UPDATE seen_seq = VALUES(seen_seq), \
-             state = VALUES(state), unpublished = VALUES(unpublished), updated_at = VALUES(updated_at)",
-        )
-        .bind(group)
-        .bind(topic)
-        .bind(p.partition)
-        .bind(p.written_seen_seq())
-        .bind(state.as_slice())
-        .bind(encode_outbox(p.unpublished.iter().chain(&p.results)))
-        .execute(&mut *tx)
-        .await?;
     }
+    write_seen(&mut *tx, group, topic, parts).await?;
+    let values = vec!["(?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; parts.len()].join(",");
+    let sql = format!(
+        "INSERT INTO aggregator_state (consumer_group, topic, kafka_partition, seen_seq, state, unpublished, updated_at) \
+         VALUES {values} ON DUPLICATE KEY UPDATE seen_seq = VALUES(seen_seq), \
+         state = VALUES(state), unpublished = VALUES(unpublished), updated_at = VALUES(updated_at)"
+    );
+    let mut q = sqlx::query(&sql);
+    for (p, state) in parts.iter().zip(&states) {
+        q = q
+            .bind(group)
+            .bind(topic)
+            .bind(p.partition)
+            .bind(p.written_seen_seq())
+            .bind(state.as_slice())
+            .bind(encode_outbox(p.unpublished.iter().chain(&p.results)));
+    }
+    q.execute(&mut *tx).await?;
     Ok(())
 }
 
-/// Appends this flush's duplicate-log entry and drops entries behind the horizon.
+/// Appends each partition's duplicate-log entry of this flush and drops entries behind its
+/// horizon.
 async fn write_seen(
     conn: &mut MySqlConnection,
     group: &str,
     topic: &str,
-    p: &PartFlush,
+    parts: &[&PartFlush],
 ) -> Result<(), sqlx::Error> {
-    if !p.new_seen.is_empty() {
-        let (bytes, max_time) = seen_codec::encode(&p.new_seen);
-        sqlx::query(
-            "INSERT INTO aggregator_seen (consumer_group, topic, kafka_partition, seq, max_time_us, times) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(group)
-        .bind(topic)
-        .bind(p.partition)
-        .bind(p.written_seen_seq())
-        .bind(max_time)
-        .bind(bytes)
-        .execute(&mut *conn)
-        .await?;
+    let logs: Vec<(&PartFlush, (Vec<u8>, i64))> = parts
+        .iter()
+        .filter(|p| !p.new_seen.is_empty())
+        .map(|p| (*p, seen_codec::encode(&p.new_seen)))
+        .collect();
+    if !logs.is_empty() {
+        let values = vec!["(?, ?, ?, ?, ?, ?)"; logs.len()].join(",");
+        let sql = format!(
+            "INSERT INTO aggregator_seen (consumer_group, topic, kafka_partition, seq, max_time_us, times) VALUES {values}"
+        );
+        let mut q = sqlx::query(&sql);
+        for (p, (bytes, max_time)) in &logs {
+            q = q
+                .bind(group)
+                .bind(topic)
+                .bind(p.partition)
+                .bind(p.written_seen_seq())
+                .bind(*max_time)
+                .bind(bytes.as_slice());
+        }
+        q.execute(&mut *conn).await?;
     }
-    sqlx::query(
-        "DELETE FROM aggregator_seen WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? AND max_time_us < ?",
-    )
-    .bind(group)
-    .bind(topic)
-    .bind(p.partition)
-    .bind(p.seen_horizon)
-    .execute(&mut *conn)
-    .await?;
+    let behind = vec!["(kafka_partition = ? AND max_time_us < ?)"; parts.len()].join(" OR ");
+    let sql = format!(
+        "DELETE FROM aggregator_seen WHERE consumer_group = ? AND topic = ? AND ({behind})"
+    );
+    let mut q = sqlx::query(&sql).bind(group).bind(topic);
+    for p in parts {
+        q = q.bind(p.partition).bind(p.seen_horizon);
+    }
+    q.execute(&mut *conn).await?;
     Ok(())
 }
 
