@@ -14,13 +14,27 @@ pub(super) fn emit_pair(
     mode: Mode,
     out: &mut Vec<Emission>,
 ) {
+    // The watermark has not moved: nothing closed, only changed windows can be due.
+    let quiet = wm == from;
+    if quiet && state.dirty.is_empty() {
+        return;
+    }
     let mut dirty = std::mem::take(&mut state.dirty);
     dirty.sort_unstable();
     dirty.dedup();
-    let mut points: Vec<i64> = state.slices.iter().map(|(s, _)| *s).collect();
-    if !state.late.is_empty() {
-        points.extend(state.late.iter().map(|l| l.time));
-        points.sort_unstable();
+    // What a window closing now can hold: every window of a slice (or late update) at or before
+    // `from - largest size` ended by `from` and was emitted final then.
+    let mut points: Vec<i64> = Vec::new();
+    if !quiet {
+        let horizon = from.saturating_sub(specs.max_size_us());
+        let first = state.slices.partition_point(|(s, _)| *s <= horizon);
+        points.extend(state.slices.range(first..).map(|(s, _)| *s));
+        let late = state.late.iter().map(|l| l.time).filter(|t| *t > horizon);
+        let before = points.len();
+        points.extend(late);
+        if points.len() > before {
+            points.sort_unstable();
+        }
     }
     let mut starts = Vec::new();
     for (k, spec) in specs.list().iter().enumerate() {

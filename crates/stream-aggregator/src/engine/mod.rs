@@ -310,6 +310,9 @@ impl PartitionEngine {
             emit::emit_pair(state, &self.specs, from, wm, mode, &mut out);
         }
         out.sort_unstable_by_key(|e| (e.is_final, e.pair, e.spec, e.start));
+        if wm == from {
+            return out; // nothing closed since the last emission: nothing to drop either
+        }
         self.emitted_to = wm;
         let horizon = self.seen_horizon();
         for state in &mut self.pairs {
