@@ -12,6 +12,7 @@
 #
 #   scripts/bench-aggregator.sh                 # COUNT=5000000, RATE=1000, LAT_SECONDS=30
 #   COUNT=1000000 LAT_SECONDS=10 scripts/bench-aggregator.sh
+#   AGGREGATOR_BIN=path/to/stream-aggregator scripts/bench-aggregator.sh   # another build, same run conditions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-5000000}
@@ -43,7 +44,7 @@ plain_cpu=$(sed -n 's/.*cpu_seconds=\([0-9.]*\).*/\1/p' <<<"$plain")
 [ "$kept" = "$COUNT" ] || { echo "the mock kept $kept of $COUNT messages" >&2; exit 1; }
 
 echo "aggregating" >&2
-METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/stream-aggregator \
+METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json "${AGGREGATOR_BIN:-./target/release/stream-aggregator}" \
   --topic agg_in --output-topic agg_out --group "bench-$stamp" --window 1m --watermark 10m --idle-timeout 2s \
   --exit-idle 4s --flush-interval 1s --stats-interval 1h 2>"$work/agg.log" \
   || { cat "$work/agg.log" >&2; exit 1; }
@@ -51,7 +52,7 @@ read -r events secs cpu rss <<<"$(log_fields "$work/agg.log" statistics events p
 rows=$(sql "SELECT COUNT(*), SUM(is_final), SUM(update_count) FROM \`$db\`.stream_agg")
 
 echo "latency: $RATE updates/s for $LAT_SECONDS s, flush every 50 ms" >&2
-METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$test_url/${db}_lat" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/stream-aggregator \
+METRICS_ADDR=127.0.0.1:0 DATABASE_URL="$test_url/${db}_lat" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json "${AGGREGATOR_BIN:-./target/release/stream-aggregator}" \
   --topic lat_in --output-topic lat_out --group "lat-$stamp" --flush-interval 50ms --exit-idle 5s --stats-interval 1h \
   2>"$work/lat.log" &
 agg_pid=$!

@@ -219,8 +219,9 @@ db_up() {
       done
       # The services: data access and the DDL their embedded migrations run, on their database only.
       echo "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, REFERENCES ON \`$APP_DB\`.* TO '$APP_USER'@'$host';"
-      # The demo (scripts/demo.sh) resets its own database each run.
-      echo "GRANT ALL PRIVILEGES ON \`coinstream_demo\`.* TO '$APP_USER'@'$host';"
+      # The demo (scripts/demo.sh) resets its own database each run (coinstream_demo, or one
+      # named coinstream_demo... of the test that runs the demo).
+      echo "GRANT ALL PRIVILEGES ON \`coinstream\\_demo%\`.* TO '$APP_USER'@'$host';"
       # The test kit: creates and drops its own cstest_* databases, nothing else.
       echo "GRANT ALL PRIVILEGES ON \`cstest\\_%\`.* TO '$TEST_USER'@'$host';"
       # Read-only: what the dashboard (compare serve) needs, for the test that runs it so and for

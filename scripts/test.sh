@@ -29,6 +29,7 @@ cargo fmt --all -- --check
 
 step "docker-compose.yml parses and is complete"
 python3 scripts/check_compose.py docker-compose.yml
+python3 scripts/check_compose.py --self-test docker-compose.yml
 
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings

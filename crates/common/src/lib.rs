@@ -9,6 +9,7 @@
 //! - [`window`]: the validated window spec and the window result message.
 //! - [`figures`]: what a service reports about itself; [`exit`]: the exit statuses.
 //! - [`retry`]: database errors classified (transient or rejected) and the one retry loop.
+//! - [`retention`]: old rows pruned in the background (`--retention`).
 //! - [`metrics`]: the Prometheus registry and its conventions; [`observe`]: `/metrics`,
 //!   `/healthz`, `/readyz`.
 //! - [`telemetry`]: tracing setup with the service name on every line.
@@ -23,6 +24,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod observe;
+pub mod retention;
 pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

@@ -159,6 +159,9 @@ pub struct WindowResult {
     pub group: std::sync::Arc<str>,
     /// The window spec it belongs to (for messages without one: tumbling, its bounds' length).
     pub spec: WindowSpec,
+    /// 0 until the window's first final emission; 1, 2, ... for each final emission again
+    /// within the allowed lateness (an update admitted after the window closed).
+    pub revision: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -191,6 +194,12 @@ struct Wire {
     window_us: Option<i64>,
     #[serde(default)]
     slide_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    revision: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl WindowResult {
@@ -214,6 +223,7 @@ impl WindowResult {
             consumer_group: self.group.to_string(),
             window_us: Some(self.spec.size_us),
             slide_us: Some(self.spec.slide_us),
+            revision: self.revision,
         };
         serde_json::to_string(&wire).expect("a window result always serializes")
     }
@@ -292,6 +302,7 @@ impl WindowResult {
             is_final: wire.is_final,
             group: wire.consumer_group.into(),
             spec,
+            revision: wire.revision,
         })
     }
 }

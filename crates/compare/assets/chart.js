@@ -141,15 +141,27 @@
     const cx = (w) => slot(w) + bw / 2;
     const dec = axes(svg, { W, H, m, rateTop, rateBottom, countTop, countBottom, lo, hi, x0, x1, maxCount, base, quote, px, py });
 
-    // Batch average, candles, counts, marks.
+    // Gaps: no window at all between two runs (no update of the pair then), shaded and named.
     const plot = el("g", { class: "plot" }, svg);
-    for (const run of runs(data, slide)) {
+    const all = runs(data, slide);
+    for (let i = 1; i < all.length; i++) {
+      const from = all[i - 1][all[i - 1].length - 1].start_us + slide, to = all[i][0].start_us;
+      const x = px(from + size - slide), width = Math.max(2, px(to + size - slide) - x);
+      const mark = el("rect", { class: "gap-mark", x: x, y: rateTop, width: width, height: countBottom - rateTop, "data-from": iso(from), "data-to": iso(to) }, plot);
+      el("title", {}, mark, `no updates from ${timeLabel(from, true, true)} to ${timeLabel(to, true, true)} (a gap: the producer was down, or the pair had no data)`);
+    }
+    // Batch average, candles, counts, marks.
+    for (const run of all) {
       const batch = run.filter((w) => w.batch).map((w) => `${cx(w).toFixed(1)},${py(w.batch.avg).toFixed(1)}`);
       if (batch.length > 1) el("polyline", { class: "batch-avg", points: batch.join(" ") }, plot);
     }
     for (const w of data) {
       const a = shown(w);
-      const g = el("g", { class: "window status-" + w.status, "data-start": iso(w.start_us), "data-status": w.status }, plot);
+      const g = el("g", { class: "window status-" + w.status + (w.backfilled ? " backfilled" : ""), "data-start": iso(w.start_us), "data-status": w.status }, plot);
+      if (w.backfilled) {
+        const mark = el("rect", { class: "backfill-mark", x: slot(w), y: rateTop - 6, width: bw + 1, height: 4 }, g);
+        el("title", {}, mark, "written after the fact: its updates came more than a minute after the window ended (a gap filled from CoinAPI's history, or a backlog caught up)");
+      }
       const x = slot(w);
       el("rect", { class: "count" + (w.final ? "" : " open"), x: x, y: pc(a.count), width: bw, height: countBottom - pc(a.count) }, g);
       candle(g, w, cx(w), bw, py);
@@ -221,6 +233,8 @@
     item("count", "updates", "rect");
     item("diff-dot", "stream and batch differ", "dot");
     item("open-dot", "open (not final)", "dot");
+    item("gap-mark", "gap: no updates", "rect");
+    item("backfill-mark", "backfilled", "rect");
   }
 
   function tooltip(w, dec) {

@@ -43,6 +43,8 @@ pub struct Settings {
     #[command(flatten)]
     pub mysql: MySqlArgs,
     #[command(flatten)]
+    pub retention: common::retention::RetentionArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
@@ -253,5 +255,15 @@ mod tests {
         let e = source(Some("1m"), None).choose(&[]).unwrap_err();
         assert_eq!(e.setting, "AGGREGATOR_GROUP");
         assert!(e.reason.contains("no window spec recorded"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// Every flag and variable is unique and well formed (clap's own checks, which a release build
+    /// skips): the settings shared by every service must not clash with this one's own.
+    #[test]
+    fn the_settings_are_well_formed() {
+        <super::Settings as clap::CommandFactory>::command().debug_assert();
     }
 }

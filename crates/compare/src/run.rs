@@ -194,6 +194,43 @@ pub fn failure(report: &Report) -> Option<String> {
     ))
 }
 
+/// With `--retention` and no `--since`: only windows that start inside the retention, whose raw
+/// updates and stream rows no service has pruned (every service keeps the same `RETENTION`).
+fn retained_scope(settings: &Settings) -> SourceArgs {
+    let mut source = settings.source.clone();
+    let retention = settings.retention.retention;
+    if !retention.is_zero() && source.since.is_none() {
+        // A minute inside the cutoff: the services' clocks and passes run a little apart.
+        source.since = Some(chrono::Utc::now() - retention + chrono::Duration::minutes(1));
+        tracing::info!(since = ?source.since, "retention: comparing the windows inside it");
+    }
+    source
+}
+
+/// `--retention`: this run's own tables (its reports, its batch windows and marks) pruned for the
+/// group, one pass after the report.
+async fn prune(pool: &sqlx::MySqlPool, settings: &Settings, ctx: &common::Context) {
+    use common::retention::{self, Prune};
+    let r = &settings.retention;
+    if r.retention.is_zero() {
+        return;
+    }
+    let group = &settings.source.group;
+    let jobs = [
+        Prune::new("comparison_runs", "run_at").scoped("consumer_group", group.as_str()),
+        Prune::new("compare_batch_windows", "start_us")
+            .micros()
+            .scoped("consumer_group", group.as_str()),
+        Prune::new("compare_batch_marks", "taken_at").scoped("consumer_group", group.as_str()),
+    ];
+    let cutoff = chrono::Utc::now() - r.retention;
+    let pruning = retention::pruning_pool(pool);
+    if let Err(e) = retention::pass(&pruning, &jobs, cutoff, &ctx.shutdown).await {
+        tracing::warn!(error = %e, "retention: pruning compare's tables failed; the next run tries again");
+    }
+    pruning.close().await;
+}
+
 /// Runs one comparison (a signal stops it at once: nothing is written until the report is ready),
 /// or serves the dashboard.
 pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()> {
@@ -201,8 +238,10 @@ pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()>
         return serve::run(serve, ctx).await;
     }
     let pool = common::prepare(&settings.mysql, None).await?;
-    let report = build_report(&pool, &settings.source, settings.report.full).await?;
+    let source = retained_scope(&settings);
+    let report = build_report(&pool, &source, settings.report.full).await?;
     store(&pool, &report).await?;
+    prune(&pool, &settings, &ctx).await;
     pool.close().await;
     let out = &settings.report;
     let text = match out.format {

@@ -162,6 +162,20 @@ pub trait Processor {
     fn report(&self, recorder: &common::figures::FiguresRecorder, runtime: &ConsumerFigures);
 }
 
+/// The rows a consuming service writes about itself, as retention prunes them: its statistics
+/// and its dead letters (of its group).
+pub fn own_rows(service: &str, group: &str) -> Vec<common::retention::Prune> {
+    use common::retention::Prune;
+    vec![
+        Prune::new("service_stats", "recorded_at")
+            .scoped("consumer_group", group)
+            .scoped("service", service),
+        Prune::new("dead_letters", "recorded_at")
+            .scoped("service", service)
+            .scoped("consumer_group", group),
+    ]
+}
+
 /// What a runtime consumes, as whom, and with which client settings.
 #[derive(Debug, Clone)]
 pub struct Target {

@@ -39,7 +39,11 @@ pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()>
     }
     settings.kafka.ensure_topics(&[&settings.topic]).await?;
     let reporter = Reporter {
-        recorder: report::connect_statistics(&settings.mysql)?,
+        recorder: report::connect_statistics(
+            &settings.mysql,
+            &settings.retention,
+            shutdown.clone(),
+        )?,
         runtime: tokio::runtime::Handle::current(),
         health: ctx.health.clone(),
     };
@@ -49,6 +53,7 @@ pub async fn run(settings: Settings, ctx: common::Context) -> anyhow::Result<()>
     let result = match source {
         Source::Coinapi => sources::rest::run(&settings, publisher, reporter, shutdown).await,
         Source::CoinapiWs => sources::ws::run(&settings, publisher, reporter, shutdown).await,
+        Source::CoinapiHistory => sources::history::run(&settings, publisher, shutdown).await,
         Source::Simulate => sources::simulate::run(&settings, publisher, reporter, shutdown).await,
         Source::Replay => sources::replay::run(&settings, publisher, reporter, shutdown).await,
     };

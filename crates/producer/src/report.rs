@@ -9,6 +9,7 @@ use std::{
 use common::{
     figures::{Figures, FiguresRecorder, ProducerFigures, SpecificFigures},
     observe::Health,
+    retention::{self, Prune, RetentionArgs},
 };
 
 use crate::{metrics as m, publisher::Publisher};
@@ -120,13 +121,23 @@ impl Reporter {
 /// A bad `DATABASE_URL` is still a configuration error at start-up.
 pub fn connect_statistics(
     mysql: &common::config::MySqlArgs,
+    retention: &RetentionArgs,
+    shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Arc<OnceLock<FiguresRecorder>>> {
     mysql.connect_options()?;
     let cell = Arc::new(OnceLock::new());
-    let (set, mysql) = (cell.clone(), mysql.clone());
+    let (set, mysql, retention) = (cell.clone(), mysql.clone(), retention.clone());
     tokio::spawn(async move {
         match common::db::connect_and_migrate(&mysql).await {
             Ok(pool) => {
+                // Retention: the producer's own statistics (it writes nothing else).
+                let own = Prune::new("service_stats", "recorded_at").scoped("service", "producer");
+                drop(retention::spawn(
+                    pool.clone(),
+                    &retention,
+                    vec![own],
+                    shutdown,
+                ));
                 let _ = set.set(FiguresRecorder::new(pool, "producer"));
             }
             Err(e) => tracing::warn!(

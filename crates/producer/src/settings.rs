@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 use common::{
     config::{non_empty, parse_duration, ConfigError, KafkaArgs, MySqlArgs, Secret, TelemetryArgs},
     observe::ObserveArgs,
+    retention::RetentionArgs,
     Pair,
 };
 
@@ -16,6 +17,8 @@ pub enum Source {
     Coinapi,
     /// CoinAPI's exchange-rate WebSocket: rates pushed as they change (needs COINAPI_KEY).
     CoinapiWs,
+    /// CoinAPI's history of a past range (--since, --until, --period), then exit (needs COINAPI_KEY).
+    CoinapiHistory,
     /// Built-in random-walk generator.
     Simulate,
     /// CoinAPI-shaped JSON lines from a file or stdin.
@@ -147,9 +150,13 @@ pub struct Settings {
     pub speed: Option<f64>,
 
     #[command(flatten)]
+    pub history: crate::sources::history::HistoryArgs,
+    #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub mysql: MySqlArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
@@ -196,15 +203,27 @@ impl Settings {
             None => (Source::Simulate, true),
         };
         match source {
-            Source::Coinapi | Source::CoinapiWs if self.key().is_none() => Err(ConfigError::new(
-                "COINAPI_KEY",
-                "required for --source coinapi and coinapi-ws (or choose --source simulate)",
-            )),
+            Source::Coinapi | Source::CoinapiWs | Source::CoinapiHistory if self.key().is_none() => {
+                Err(ConfigError::new(
+                    "COINAPI_KEY",
+                    "required for --source coinapi, coinapi-ws and coinapi-history (or choose --source simulate)",
+                ))
+            }
             Source::Replay if self.file.is_none() => Err(ConfigError::new(
                 "REPLAY_FILE",
                 "required for --source replay (a path, or - for stdin)",
             )),
             _ => Ok((source, defaulted)),
         }
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// Every flag and variable is unique and well formed (clap's own checks, which a release build
+    /// skips): the settings shared by every service must not clash with this one's own.
+    #[test]
+    fn the_settings_are_well_formed() {
+        <super::Settings as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -10,6 +10,7 @@ use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
     model::push_sql_datetime,
     observe::ObserveArgs,
+    retention::Prune,
     Context, RateUpdate,
 };
 use consumer::{
@@ -93,6 +94,11 @@ impl Sink for RawSink {
     type Row = RawRow;
     const TABLE: &'static str = "raw_coin_data";
 
+    /// Rows whose event time is older than the retention.
+    fn retained(&self) -> Vec<Prune> {
+        vec![Prune::new("raw_coin_data", "time")]
+    }
+
     fn parse(&self, meta: Meta, payload: &[u8]) -> Result<RawRow, Refusal> {
         let update = RateUpdate::from_json(payload)?;
         update.check_published(meta.published_ms)?;
@@ -175,5 +181,15 @@ mod tests {
         assert!(err.error.contains("published"), "{}", err.error);
         let ok = br#"{"time":"2024-08-05T13:35:30Z","asset_id_base":"BTC","asset_id_quote":"USD","rate":1}"#;
         assert!(RawSink.parse(meta, ok).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// Every flag and variable is unique and well formed (clap's own checks, which a release build
+    /// skips): the settings shared by every service must not clash with this one's own.
+    #[test]
+    fn the_settings_are_well_formed() {
+        <super::Settings as clap::CommandFactory>::command().debug_assert();
     }
 }

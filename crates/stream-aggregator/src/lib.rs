@@ -32,7 +32,10 @@ pub mod store;
 
 use std::time::Duration;
 
-use common::Context;
+use common::{
+    retention::{self, Prune},
+    Context,
+};
 use consumer::{offsets::OffsetStore, Target};
 use rdkafka::producer::FutureProducer;
 
@@ -45,6 +48,10 @@ use crate::{
 };
 
 const SERVICE: &str = "stream-aggregator";
+
+/// How long a stop waits for the deliveries of published results (those not confirmed are
+/// published again from the outbox at the next start).
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Consumer settings of the aggregator, over the shared ones (which bound the prefetch to 2 MB and
 /// return an empty fetch within 10 ms). Memory: librdkafka keeps a ~200-byte operation per
@@ -63,6 +70,8 @@ pub struct Config {
     pub group: std::sync::Arc<str>,
     pub specs: Specs,
     pub lateness_us: i64,
+    /// Allowed lateness (µs): closed windows take updates this long after the watermark.
+    pub allowed_us: i64,
     pub mode: Mode,
     pub idle_timeout: Duration,
     pub flush_interval: Duration,
@@ -75,6 +84,7 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
         group: settings.group.as_str().into(),
         specs: settings.specs()?,
         lateness_us: settings.lateness_us(),
+        allowed_us: settings.allowed_lateness_us(),
         mode: settings.engine_mode(),
         idle_timeout: settings.idle_timeout,
         flush_interval: settings.flush_interval,
@@ -97,15 +107,36 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     tracing::info!(
         output = %settings.output_topic,
         windows = %config.specs.list().iter().map(|s| s.label()).collect::<Vec<_>>().join(","),
-        watermark = ?settings.watermark, mode = ?settings.mode,
+        watermark = ?settings.watermark, allowed_lateness = ?settings.allowed_lateness, mode = ?settings.mode,
         flush_interval = ?settings.flush_interval, "aggregating"
     );
     let offsets = OffsetStore::new(&settings.group, &settings.topic);
     let outbox = Outbox::new(producer, &settings.output_topic);
+    let pruner = retention::spawn(
+        pool.clone(),
+        &settings.retention,
+        retained(&settings.group),
+        ctx.shutdown.clone(),
+    );
     let mut aggregator =
         Aggregator::new(config, pool.clone(), offsets, outbox, ctx.health.clone())?;
     let result = consumer::run(&mut aggregator, &target, &pool, &settings.consumer, &ctx).await;
+    aggregator.settle(SETTLE_LIMIT).await;
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     tracing::info!(figures = ?aggregator.figures(), "stream-aggregator stopped");
     common::db::close(&pool).await;
     result.map(|_| ())
+}
+
+/// What retention prunes of the group's rows: windows that ended before the cutoff, late events
+/// recorded before it, and its statistics and dead letters.
+fn retained(group: &str) -> Vec<Prune> {
+    let mut jobs = vec![
+        Prune::new("stream_agg", "end_time").scoped("consumer_group", group),
+        Prune::new("late_events", "recorded_at").scoped("consumer_group", group),
+    ];
+    jobs.extend(consumer::own_rows(SERVICE, group));
+    jobs
 }

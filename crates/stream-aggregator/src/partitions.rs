@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use std::sync::Arc;
 
-use common::{observe::Health, retry::retry, window::WindowResult};
+use common::{observe::Health, retry::retry};
 use consumer::{dead_letters::DeadLetter, offsets::OffsetStore};
 use sqlx::MySqlPool;
 
 use crate::{
     engine::PartitionEngine,
+    outbox::{Deliveries, Encoded},
     store::{self, LateRow, Restored},
     Config,
 };
@@ -36,8 +37,11 @@ pub struct Part {
     pub dead: Vec<DeadLetter>,
     /// `received_at` (µs) of events applied since the last flush, for the latency figures.
     pub received: Vec<i64>,
-    /// Results not yet confirmed published.
-    pub unpublished: Vec<WindowResult>,
+    /// Results to publish again after the next commit (their delivery failed, or they were
+    /// restored from the outbox).
+    pub unpublished: Vec<Encoded>,
+    /// Results handed to the producer, their delivery not looked at yet.
+    pub delivering: Deliveries,
     /// Applied something since the last flush.
     pub changed: bool,
 }
@@ -56,6 +60,7 @@ impl Part {
             dead: Vec::new(),
             received: Vec::new(),
             unpublished: restored.unpublished,
+            delivering: Deliveries::default(),
             changed: false,
         }
     }
@@ -74,6 +79,8 @@ pub async fn restore(
         store::restore(pool, offsets, p, &config.specs, config.lateness_us)
     })
     .await?;
+    let mut restored = restored;
+    restored.engine = restored.engine.with_allowed_lateness(config.allowed_us);
     tracing::info!(partition = p, next_offset = ?restored.next_offset, slices = restored.engine.slices_held(), unpublished = restored.unpublished.len(), "partition state restored");
     Ok((Part::new(restored), retries))
 }

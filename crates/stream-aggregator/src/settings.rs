@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use common::config::{non_empty, parse_duration, ConfigError, KafkaArgs, MySqlArgs, TelemetryArgs};
-use common::observe::ObserveArgs;
+use common::{observe::ObserveArgs, retention::RetentionArgs};
 use consumer::{dead_letters::ReplayArgs, ConsumerArgs};
 
 use crate::engine::{Mode, Specs, WindowSpec};
@@ -49,6 +49,11 @@ pub struct Settings {
     /// Allowed lateness: watermark = largest event time seen minus this.
     #[arg(long = "watermark", env = "WATERMARK", value_name = "WATERMARK", default_value = "10m", value_parser = parse_duration)]
     pub watermark: Duration,
+    /// How long after the watermark closed a window it still takes late updates: each is applied
+    /// and the window written and published final again (with its revision). 0: none (an update
+    /// later than the watermark is a late event).
+    #[arg(long = "allowed-lateness", env = "ALLOWED_LATENESS", value_name = "ALLOWED_LATENESS", default_value = "0s", value_parser = parse_duration)]
+    pub allowed_lateness: Duration,
     /// After this long without events on a partition its watermark follows the wall clock.
     #[arg(long = "idle-timeout", env = "IDLE_TIMEOUT", value_name = "IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -68,6 +73,8 @@ pub struct Settings {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub replay: ReplayArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
@@ -99,10 +106,24 @@ impl Settings {
         self.watermark.as_micros() as i64
     }
 
+    pub fn allowed_lateness_us(&self) -> i64 {
+        i64::try_from(self.allowed_lateness.as_micros()).unwrap_or(i64::MAX)
+    }
+
     pub fn engine_mode(&self) -> Mode {
         match self.mode {
             OutputMode::Update => Mode::Update,
             OutputMode::Append => Mode::Append,
         }
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// Every flag and variable is unique and well formed (clap's own checks, which a release build
+    /// skips): the settings shared by every service must not clash with this one's own.
+    #[test]
+    fn the_settings_are_well_formed() {
+        <super::Settings as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -2,7 +2,8 @@
 //! out-of-order arrival within and beyond the watermark, duplicates), the sliced engine's final
 //! windows of every spec equal a naive computation that keeps each window's members explicitly,
 //! and the late updates (per spec, with the windows they missed) are exactly those the definition
-//! says.
+//! says; with an allowed lateness, closed windows take the updates within it and are emitted
+//! final again, each time with the next revision, their last emission equal to the naive one.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -75,14 +76,15 @@ fn covering(spec: &WindowSpec, t: i64) -> Vec<i64> {
         .collect()
 }
 
-/// The naive model: one watermark recomputed from scratch, windows as explicit member lists.
-fn naive(specs: &[WindowSpec], lateness: i64, events: &[Ev]) -> (Windows, Late) {
+/// The naive model: one watermark recomputed from scratch, windows as explicit member lists; a
+/// window takes updates until the watermark passes its end + `allowed`.
+fn naive(specs: &[WindowSpec], lateness: i64, allowed: i64, events: &[Ev]) -> (Windows, Late) {
     let mut max_event: Option<i64> = None;
     let mut seen = HashSet::new();
     let mut members: BTreeMap<(WindowSpec, usize, i64), Vec<(i64, f64)>> = BTreeMap::new();
     let mut late = Vec::new();
     for (i, e) in events.iter().enumerate() {
-        let wm = max_event.map_or(i64::MIN, |m| m - lateness);
+        let wm = max_event.map_or(i64::MIN, |m| m - lateness - allowed);
         let mut open = Vec::new();
         let mut missed = Vec::new();
         for spec in specs {
@@ -139,16 +141,18 @@ fn naive(specs: &[WindowSpec], lateness: i64, events: &[Ev]) -> (Windows, Late) 
 /// everything closed): its final windows and late updates.
 fn run(
     specs: &[WindowSpec],
-    lateness: i64,
+    (lateness, allowed): (i64, i64),
     events: &[Ev],
     mode: Mode,
     every: usize,
 ) -> Result<(Windows, Late), TestCaseError> {
     let pairs: Vec<Pair> = PAIRS.iter().map(|p| p.parse().unwrap()).collect();
-    let mut engine = PartitionEngine::new(Specs::new(specs.to_vec()), lateness);
+    let mut engine =
+        PartitionEngine::new(Specs::new(specs.to_vec()), lateness).with_allowed_lateness(allowed);
     let mut late = Vec::new();
     let mut finals = BTreeMap::new();
-    let take = |engine: &mut PartitionEngine, finals: &mut Windows| {
+    let mut revisions: BTreeMap<(WindowSpec, usize, i64), u32> = BTreeMap::new();
+    let mut take = |engine: &mut PartitionEngine, finals: &mut Windows| {
         for em in engine.take_emissions(mode) {
             if !em.is_final {
                 continue;
@@ -162,9 +166,25 @@ fn run(
                 first_rate: em.agg.first_rate,
                 last_rate: em.agg.last_rate,
             };
-            if finals.insert((em.spec, idx, em.start), got).is_some() {
-                return Err(TestCaseError::fail("final twice"));
+            let key = (em.spec, idx, em.start);
+            let again = finals.insert(key, got).is_some();
+            let want = match revisions.get(&key) {
+                None if again => return Err(TestCaseError::fail("final twice")),
+                // A window that closed empty is first emitted by a late firing (revision 1).
+                None if allowed > 0 => em.revision.min(1),
+                None => 0,
+                Some(r) => r + 1,
+            };
+            if again && allowed == 0 {
+                return Err(TestCaseError::fail("final again without allowed lateness"));
             }
+            if em.revision != want {
+                return Err(TestCaseError::fail(format!(
+                    "revision {} of {key:?}, expected {want}",
+                    em.revision
+                )));
+            }
+            revisions.insert(key, em.revision);
         }
         Ok(())
     };
@@ -186,10 +206,14 @@ fn run(
     Ok((finals, late))
 }
 
-fn check(specs: &[WindowSpec], lateness: i64, events: &[Ev]) -> Result<(), TestCaseError> {
-    let (expected, late_expected) = naive(specs, lateness, events);
+fn check(
+    specs: &[WindowSpec],
+    (lateness, allowed): (i64, i64),
+    events: &[Ev],
+) -> Result<(), TestCaseError> {
+    let (expected, late_expected) = naive(specs, lateness, allowed, events);
     for (mode, every) in [(Mode::Update, 17), (Mode::Append, 5), (Mode::Append, 1000)] {
-        let (finals, late) = run(specs, lateness, events, mode, every)?;
+        let (finals, late) = run(specs, (lateness, allowed), events, mode, every)?;
         prop_assert_eq!(&late, &late_expected);
         prop_assert_eq!(finals.len(), expected.len());
         for (k, want) in &expected {
@@ -209,6 +233,11 @@ fn check(specs: &[WindowSpec], lateness: i64, events: &[Ev]) -> Result<(), TestC
         }
     }
     Ok(())
+}
+
+/// No allowed lateness half the time (today's behaviour), else up to 90 s.
+fn allowed() -> impl Strategy<Value = i64> {
+    prop_oneof![Just(0i64), (1i64..90).prop_map(|s| s * SEC)]
 }
 
 /// One to three specs: sizes 2..60 s, slides dividing them.
@@ -236,17 +265,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn tumbling_equals_naive_batch(events in stream(), lateness in 0i64..60) {
-        check(&[WindowSpec::tumbling(10 * SEC)], lateness * SEC, &events)?;
+    fn tumbling_equals_naive_batch(events in stream(), lateness in 0i64..60, allowed in allowed()) {
+        check(&[WindowSpec::tumbling(10 * SEC)], (lateness * SEC, allowed), &events)?;
     }
 
     #[test]
-    fn sliding_equals_naive_batch(events in stream(), lateness in 0i64..60) {
-        check(&[WindowSpec::sliding(20 * SEC, 5 * SEC)], lateness * SEC, &events)?;
+    fn sliding_equals_naive_batch(events in stream(), lateness in 0i64..60, allowed in allowed()) {
+        check(&[WindowSpec::sliding(20 * SEC, 5 * SEC)], (lateness * SEC, allowed), &events)?;
     }
 
     #[test]
-    fn many_specs_equal_naive_batch(specs in specs(), events in stream(), lateness in 0i64..60) {
-        check(&specs, lateness * SEC, &events)?;
+    fn many_specs_equal_naive_batch(specs in specs(), events in stream(), lateness in 0i64..60, allowed in allowed()) {
+        check(&specs, (lateness * SEC, allowed), &events)?;
     }
 }

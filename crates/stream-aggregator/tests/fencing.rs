@@ -37,7 +37,7 @@ fn flush(
         .iter()
         .map(|e| to_result(e, &GROUP.into()))
         .collect();
-    PartFlush {
+    let mut f = PartFlush {
         partition: 0,
         epoch,
         base_offset: base,
@@ -51,9 +51,12 @@ fn flush(
         new_seen: engine.take_new_seen(),
         seen_seq,
         seen_horizon: i64::MIN,
+        encoded: Vec::new(),
         unpublished: Vec::new(),
         replayed: Vec::new(),
-    }
+    };
+    f.encode();
+    f
 }
 
 fn offsets() -> OffsetStore {

@@ -473,3 +473,102 @@ async fn several_specs_and_groups_keep_their_own_rows() {
         "{err}"
     );
 }
+
+/// 20,000 updates, 10 ms apart per pair, 5% of them published 20 s after their event time (late
+/// for a 5 s watermark by 15 s), the rest in order.
+fn stream_with_late_updates() -> Vec<RateUpdate> {
+    let mut rng = SmallRng::seed_from_u64(22);
+    let start = DateTime::from_timestamp(1_722_864_000, 0).unwrap();
+    let mut events: Vec<(i64, RateUpdate)> = Vec::new();
+    for i in 0..20_000i64 {
+        let pair: Pair = PAIRS[(i % 5) as usize].parse().unwrap();
+        let t = start
+            + chrono::Duration::milliseconds((i / 5) * 10)
+            + chrono::Duration::microseconds(i % 5);
+        let u = RateUpdate::new(t, pair, rng.random_range(100.0..200.0), Some(Utc::now())).unwrap();
+        let delay = if rng.random_bool(0.05) { 20_000_000 } else { 0 };
+        events.push((t.timestamp_micros() + delay, u));
+    }
+    events.sort_by_key(|(o, _)| *o);
+    events.into_iter().map(|(_, u)| u).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allowed_lateness_admits_late_updates_and_emits_windows_again() {
+    let (db, kafka) = (TestDb::new().await, TestKafka::new());
+    let topic = kafka.create_topic("raw", 3).await;
+    let group = kafka.group("lateness");
+    // In two parts, the aggregator drained and stopped after the first: windows it emitted final
+    // then take the late updates of the second part (and their revisions survive the restart).
+    let all = messages(&stream_with_late_updates());
+    // No idle advance of the watermark while the parts arrive (the event times are of 2024: the
+    // wall clock would close every window before the second part); a last run with it closes the
+    // windows at the end.
+    for (part, idle) in [
+        (&all[..12_000], "1h"),
+        (&all[12_000..], "1h"),
+        (&all[..0], "1s"),
+    ] {
+        kafka.produce(&topic, part).await;
+        let bin = env!("CARGO_BIN_EXE_stream-aggregator");
+        let mut cmd = consumer_command(bin, &db, &kafka, &topic, &group);
+        cmd.args(["--output-topic", &format!("{topic}-out"), "--window", "10s"])
+            .args([
+                "--watermark",
+                "5s",
+                "--idle-timeout",
+                idle,
+                "--allowed-lateness",
+                "1m",
+            ])
+            .args(["--exit-idle", "8s"]);
+        finish(cmd);
+    }
+
+    let late: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM late_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        late, 0,
+        "every update late by 15 s is within the minute allowed"
+    );
+    let spec = WindowSpec::tumbling(WINDOW_S * 1_000_000);
+    let got = table_of(&db, &group, spec).await;
+    let want = batch_of(&kafka, &topic, &db, &group, &[spec], spec).await;
+    let counted: i64 = want.values().map(|w| w.0).sum();
+    assert_eq!(counted, 20_000, "the batch counts every update");
+    assert_matches_batch(&got, &want);
+    // Windows that took late updates were emitted final again, their revision counted.
+    let revised: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM stream_agg WHERE consumer_group = ? AND revision > 0",
+    )
+    .bind(&group)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(revised > 0, "some windows were emitted again");
+    // The topic has each revision of those windows (the update counter keeps the last).
+    let mut revisions: BTreeMap<(String, String, i64), u32> = BTreeMap::new();
+    for r in kafka.read_all(&format!("{topic}-out")).await {
+        let w = common::window::WindowResult::from_json(r.payload.as_deref().unwrap()).unwrap();
+        let key = (
+            w.base.to_string(),
+            w.quote.to_string(),
+            w.window.start.timestamp(),
+        );
+        let e = revisions.entry(key).or_default();
+        *e = (*e).max(w.revision);
+    }
+    let rows: Vec<(String, String, chrono::NaiveDateTime, i64, i32)> = sqlx::query_as(
+        "SELECT asset_id_base, asset_id_quote, start_time, update_count, revision FROM stream_agg WHERE consumer_group = ?",
+    )
+    .bind(&group)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    for (b, q, s, _, revision) in rows.into_iter().filter(|r| r.4 > 0) {
+        let key = (b, q, s.and_utc().timestamp());
+        assert_eq!(revisions.get(&key), Some(&(revision as u32)), "{key:?}");
+    }
+}

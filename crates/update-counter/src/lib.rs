@@ -15,6 +15,7 @@ use common::{
     config::{non_empty, KafkaArgs, MySqlArgs, TelemetryArgs},
     model::push_sql_datetime,
     observe::ObserveArgs,
+    retention::Prune,
     window::{WindowBounds, WindowResult, WindowSpec},
     AssetId, Context,
 };
@@ -85,6 +86,11 @@ const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE \
 impl Sink for CountSink {
     type Row = WindowCount;
     const TABLE: &'static str = "coin_update_count";
+
+    /// Rows whose window ended is older than the retention.
+    fn retained(&self) -> Vec<Prune> {
+        vec![Prune::new("coin_update_count", "end_time")]
+    }
 
     fn parse(&self, _meta: Meta, payload: &[u8]) -> Result<WindowCount, Refusal> {
         let w = WindowResult::from_json(payload)?;
@@ -198,5 +204,15 @@ mod tests {
         );
         assert!(sql.contains("'2024-08-05 13:36:00.250000'"), "{sql}");
         assert!(sql.ends_with(ON_DUPLICATE));
+    }
+}
+
+#[cfg(test)]
+mod flags {
+    /// Every flag and variable is unique and well formed (clap's own checks, which a release build
+    /// skips): the settings shared by every service must not clash with this one's own.
+    #[test]
+    fn the_settings_are_well_formed() {
+        <super::Settings as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -36,6 +36,7 @@ fn emission(pair: (&str, &str), window: i64, count: u64, is_final: bool) -> Wind
         is_final,
         group: "agg".into(),
         spec: common::window::WindowSpec::tumbling(300_000_000),
+        revision: 0,
     }
 }
 

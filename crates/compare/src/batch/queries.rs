@@ -100,21 +100,23 @@ pub async fn recorded_specs(
     Ok(out)
 }
 
-/// base, quote, start µs, count, sum, min, max, avg, first, last, final.
-pub type StreamRow = (String, String, i64, i64, f64, f64, f64, f64, f64, f64, bool);
+/// base, quote, start µs, count, sum, min, max, avg, first, last, final, written late (0/1).
+#[rustfmt::skip]
+pub type StreamRow = (String, String, i64, i64, f64, f64, f64, f64, f64, f64, bool, i64);
 
 /// The columns of a stream window, in [`StreamRow`]'s order.
 pub fn stream_columns() -> String {
     format!(
         "asset_id_base, asset_id_quote, CAST({} AS SIGNED), update_count, sum_rate, min_rate, max_rate, \
-         avg_rate, first_rate, last_rate, is_final",
+         avg_rate, first_rate, last_rate, is_final, \
+         CAST(created_at IS NOT NULL AND created_at > end_time + INTERVAL 1 MINUTE AS SIGNED)",
         us("start_time")
     )
 }
 
 /// A row of [`stream_columns`] as a window.
 pub fn stream_window(
-    (b, q, s, n, sum, min, max, avg, first, last, is_final): StreamRow,
+    (b, q, s, n, sum, min, max, avg, first, last, is_final, late): StreamRow,
 ) -> (Key, StreamWindow) {
     (
         (b, q, s),
@@ -129,6 +131,7 @@ pub fn stream_window(
             is_final,
             first,
             last,
+            written_late: late != 0,
         },
     )
 }

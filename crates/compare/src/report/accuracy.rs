@@ -35,6 +35,9 @@ pub struct StreamWindow {
     /// and close. Not compared (the batch side does not compute them).
     pub first: f64,
     pub last: f64,
+    /// First written more than a minute after the window's end: its updates came after the fact
+    /// (a gap filled from history, or a backlog caught up). Not compared.
+    pub written_late: bool,
 }
 
 /// A window that differs, with its largest relative difference.
@@ -306,6 +309,7 @@ mod tests {
                 is_final: true,
                 first: 1.0,
                 last: 1.0,
+                written_late: false,
             },
         )]);
         let a = compare(&stream, &batch, 60, &strict());
@@ -325,6 +329,7 @@ mod tests {
                     is_final: true,
                     first: 1.0,
                     last: 1.0,
+                    written_late: false,
                 },
             ),
             (
@@ -334,6 +339,7 @@ mod tests {
                     is_final: true,
                     first: 1.0,
                     last: 1.0,
+                    written_late: false,
                 },
             ),
         ]);
@@ -360,6 +366,7 @@ mod tests {
                     is_final: false,
                     first: 1.0,
                     last: 1.0,
+                    written_late: false,
                 },
             ),
             (
@@ -369,6 +376,7 @@ mod tests {
                     is_final: true,
                     first: 1.0,
                     last: 1.0,
+                    written_late: false,
                 },
             ),
         ]);

@@ -29,6 +29,10 @@ pub struct WindowView {
     pub is_final: bool,
     pub batch: Option<Agg>,
     pub status: Status,
+    /// The stream row was first written more than a minute after the window's end (backfilled
+    /// from history, or a backlog caught up): marked on the chart.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub backfilled: bool,
     /// What differs, when the status is a difference (or why it is pending, when not settled).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub what: Option<String>,
@@ -53,6 +57,7 @@ pub fn window(
         is_final: stream.is_some_and(|w| w.is_final),
         batch: batch.copied(),
         status,
+        backfilled: stream.is_some_and(|w| w.written_late),
         what: what.map(|(w, _)| w),
     }
 }
@@ -105,6 +110,7 @@ mod tests {
                     is_final: true,
                     first: 1.0,
                     last: 1.0,
+                    written_late: false,
                 },
             ),
             (
@@ -114,6 +120,7 @@ mod tests {
                     is_final: true,
                     first: 1.0,
                     last: 1.0,
+                    written_late: false,
                 },
             ),
             (
@@ -123,6 +130,7 @@ mod tests {
                     is_final: false,
                     first: 1.0,
                     last: 1.0,
+                    written_late: false,
                 },
             ),
         ]);

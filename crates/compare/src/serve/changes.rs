@@ -15,7 +15,7 @@ use std::{
 
 use chrono::{DateTime, NaiveDateTime};
 use common::window::WindowSpec;
-use sqlx::MySqlConnection;
+use sqlx::{MySqlConnection, Row};
 
 use super::cursor::IdCursor;
 use crate::{
@@ -31,23 +31,6 @@ const ROW_BATCH: i64 = 50_000;
 /// again.
 pub(super) type Dirty = BTreeMap<WindowSpec, BTreeSet<Key>>;
 
-/// A [`StreamRow`] with its spec's `window_us` and `slide_us`.
-type SpecRow = (
-    String,
-    String,
-    i64,
-    i64,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    f64,
-    bool,
-    i64,
-    i64,
-);
-
 /// The group's `stream_agg` rows changed at or after `from_us` (the database's clock), in scope,
 /// of the specs shown.
 pub(super) async fn stream_rows(
@@ -60,7 +43,8 @@ pub(super) async fn stream_rows(
     let from: NaiveDateTime = DateTime::from_timestamp_micros(from_us)
         .unwrap_or_default()
         .naive_utc();
-    let rows: Vec<SpecRow> = sqlx::query_as(&format!(
+    // The stream columns, then the spec's: a [`StreamRow`] read from the front of each row.
+    let rows = sqlx::query(&format!(
         "SELECT {}, window_us, slide_us FROM stream_agg WHERE consumer_group = ? AND updated_at >= ?",
         queries::stream_columns()
     ))
@@ -69,18 +53,19 @@ pub(super) async fn stream_rows(
     .fetch_all(conn)
     .await?;
     let mut out = Vec::new();
-    for (b, q, s, n, sum, min, max, avg, first, last, is_final, window_us, slide_us) in rows {
+    for row in rows {
+        let (window_us, slide_us): (i64, i64) = (row.try_get(12)?, row.try_get(13)?);
         let Some(spec) = specs
             .iter()
             .find(|x| x.size_us == window_us && x.slide_us == slide_us)
         else {
             continue;
         };
-        if !scope.contains(&b, &q, s) {
+        let stream: StreamRow = sqlx::FromRow::from_row(&row)?;
+        if !scope.contains(&stream.0, &stream.1, stream.2) {
             continue;
         }
-        let row: StreamRow = (b, q, s, n, sum, min, max, avg, first, last, is_final);
-        let (key, w) = queries::stream_window(row);
+        let (key, w) = queries::stream_window(stream);
         out.push((*spec, key, w));
     }
     Ok(out)

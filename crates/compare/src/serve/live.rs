@@ -270,6 +270,7 @@ mod tests {
             is_final,
             first: 1.0,
             last: 1.0,
+            written_late: false,
         }
     }
 

@@ -37,6 +37,7 @@ use common::{
     config::{parse_duration, KafkaArgs, MySqlArgs},
     figures::{ConsumerFigures, Figures, FiguresRecorder, IngestFigures, SpecificFigures},
     observe::Health,
+    retention::{self, Prune, RetentionArgs},
     Context,
 };
 
@@ -56,6 +57,8 @@ pub struct IngestArgs {
     pub consumer: ConsumerArgs,
     #[command(flatten)]
     pub replay: ReplayArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
 }
 
 /// Where a message came from.
@@ -83,6 +86,10 @@ pub trait Sink: Send + Sync + 'static {
     /// (the text protocol skips a prepare per statement shape), so every value in them must be
     /// a validated type formatted by the service (asset ids, numbers, times), never raw input.
     fn statements(&self, rows: &[&Self::Row]) -> Statements;
+
+    /// The service's own table as retention prunes it (`--retention`); its statistics and dead
+    /// letters are pruned besides.
+    fn retained(&self) -> Vec<Prune>;
 }
 
 /// SQL that writes a batch's rows, and how many table rows it writes.
@@ -172,7 +179,13 @@ pub async fn serve<S: Sink>(
         &args.consumer,
         &[],
     )?;
+    let mut pruned = sink.retained();
+    pruned.extend(crate::own_rows(service.name, service.group));
+    let pruner = retention::spawn(pool.clone(), &args.retention, pruned, ctx.shutdown.clone());
     let result = run(sink, &pool, &target, args, &ctx).await;
+    if let Some(pruner) = pruner {
+        pruner.abort();
+    }
     if let Ok((consumer, ingest)) = &result {
         tracing::info!(?consumer, ?ingest, "{} stopped", service.name);
     }

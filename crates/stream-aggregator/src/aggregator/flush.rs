@@ -1,7 +1,8 @@
 //! Flushes: every flush interval (or after `MAX_PENDING` events) one transaction writes, for each
 //! partition with something new, its window results, late events, dead letters, duplicate-log
 //! entry, state, outbox and next offset. The write runs in the background while events go on
-//! being applied (one in flight). After it commits, its results are published (the outbox).
+//! being applied (one in flight). After it commits, its results are published (the outbox)
+//! without waiting for their delivery, so the next write can start at once.
 //!
 //! A failed write: a transient database error retries the same flush with backoff (an attempt
 //! whose COMMIT reply was lost is found committed by the retry: `store::write_flush`). A flush
@@ -98,8 +99,8 @@ impl Aggregator {
     }
 
     /// Records a finished flush: gives up lost partitions, narrows refused ones down, takes
-    /// latency samples, publishes the results (undelivered ones stay in their partition's
-    /// outbox). Returns the stored offsets and what the runtime must do.
+    /// latency samples, hands the results to the producer (the outbox keeps them until their
+    /// delivery is confirmed). Returns the stored offsets and what the runtime must do.
     pub(crate) async fn flush_done(&mut self, written: Written) -> anyhow::Result<WriteOutcome> {
         let received = std::mem::take(&mut self.received);
         let in_flight = std::mem::take(&mut self.in_flight);
@@ -120,7 +121,6 @@ impl Aggregator {
         }
         let mut offsets = Vec::with_capacity(written.committed.len());
         let emitted: usize = written.committed.iter().map(|f| f.results.len()).sum();
-        let mut to_publish: Vec<(i32, WindowResult)> = Vec::new();
         for f in written.committed {
             dead_letters::count(&f.dead.iter().collect::<Vec<_>>());
             self.stats.figures.windows_emitted += f.results.len() as u64;
@@ -135,16 +135,13 @@ impl Aggregator {
             part.stored_offset = Some(f.next_offset);
             part.seen_seq = f.written_seen_seq();
             // Earlier failures, then this flush's results: all in the outbox just committed.
-            let p = f.partition;
-            to_publish.extend(
-                std::mem::take(&mut part.unpublished)
-                    .into_iter()
-                    .map(|r| (p, r)),
-            );
-            to_publish.extend(f.results.into_iter().map(|r| (p, r)));
-            self.probation_passed(p, f.next_offset);
+            // Published without waiting: their deliveries are looked at by the next flush.
+            let mut items = std::mem::take(&mut part.unpublished);
+            items.extend(f.encoded);
+            self.outbox
+                .send(items, &mut part.delivering, &mut part.unpublished);
+            self.probation_passed(f.partition, f.next_offset);
         }
-        self.publish(to_publish).await;
         self.export_metrics(written.took, emitted);
         outcome.committed = offsets;
         Ok(outcome)
@@ -214,18 +211,6 @@ impl Aggregator {
                 .set(lag);
         }
     }
-
-    /// Publishes results of their partitions; undelivered ones go back to their outbox.
-    pub(crate) async fn publish(&mut self, results: Vec<(i32, WindowResult)>) {
-        if results.is_empty() {
-            return;
-        }
-        for (p, r) in self.outbox.publish(results).await {
-            if let Some(part) = self.parts.get_mut(&p) {
-                part.unpublished.push(r);
-            }
-        }
-    }
 }
 
 /// Whether partition `p` has been idle long enough and is read to its end.
@@ -242,6 +227,7 @@ fn idle(part: &Part, p: i32, config: &Config, probe: Option<&Probe>) -> bool {
 
 /// The flush of one partition, or `None` when it has nothing new.
 pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<PartFlush> {
+    part.delivering.reap(&mut part.unpublished);
     let emissions = part.engine.take_emissions(config.mode);
     if emissions.is_empty() && !part.changed && part.unpublished.is_empty() {
         return None;
@@ -265,7 +251,14 @@ pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<Par
         new_seen: part.engine.take_new_seen(),
         seen_seq: part.seen_seq,
         seen_horizon: part.engine.seen_horizon(),
-        unpublished: part.unpublished.clone(),
+        encoded: Vec::new(),
+        // Failed and not yet confirmed: the outbox keeps them until a delivery is confirmed.
+        unpublished: part
+            .unpublished
+            .iter()
+            .chain(part.delivering.pending())
+            .cloned()
+            .collect(),
         replayed: Vec::new(),
     })
 }
@@ -291,6 +284,10 @@ fn write_parts(
             retries: 0,
             took: Duration::ZERO,
         };
+        let mut flushes = flushes;
+        for f in &mut flushes {
+            f.encode();
+        }
         // Groups written in one transaction each, the next one last.
         let mut todo = vec![flushes];
         while let Some(mut group) = todo.pop() {
@@ -361,5 +358,6 @@ pub fn to_result(e: &Emission, group: &std::sync::Arc<str>) -> WindowResult {
         is_final: e.is_final,
         group: group.clone(),
         spec: e.spec,
+        revision: e.revision,
     }
 }

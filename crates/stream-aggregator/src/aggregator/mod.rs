@@ -63,6 +63,8 @@ pub struct Aggregator {
     received: Vec<(i32, Vec<i64>)>,
     /// What the flush in flight held, per partition.
     in_flight: BTreeMap<i32, flush::InFlight>,
+    /// Deliveries of results of partitions revoked since (waited for at a stop).
+    revoked_deliveries: Vec<crate::outbox::Deliveries>,
 }
 
 impl Aggregator {
@@ -86,6 +88,7 @@ impl Aggregator {
             pending: 0,
             received: Vec::new(),
             in_flight: BTreeMap::new(),
+            revoked_deliveries: Vec::new(),
         })
     }
 
@@ -94,6 +97,32 @@ impl Aggregator {
         let open = self.parts.values().map(|p| p.engine.slices_held()).sum();
         let watermarks = self.parts.values().map(|p| p.engine.watermark());
         self.stats.snapshot(open, watermarks)
+    }
+
+    /// At a stop: waits up to `limit` for the deliveries of published results. Those not
+    /// confirmed stay in their partition's outbox and are published again at the next start.
+    pub async fn settle(&mut self, limit: std::time::Duration) {
+        // Every queued message, those of partitions revoked at the stop included (the process
+        // would drop them on exit: their outbox publishes them again, later than newer ones).
+        let outbox = &self.outbox;
+        if !tokio::task::block_in_place(|| outbox.flush(limit)) {
+            tracing::warn!(limit = ?limit, "window results still queued for the output topic at the stop");
+        }
+        let mut unconfirmed = 0;
+        let short = std::time::Duration::from_millis(100);
+        for part in self.parts.values_mut() {
+            unconfirmed += part.unpublished.len();
+            unconfirmed += std::mem::take(&mut part.delivering).settle(short).await;
+        }
+        for d in std::mem::take(&mut self.revoked_deliveries) {
+            unconfirmed += d.settle(short).await;
+        }
+        if unconfirmed > 0 {
+            tracing::warn!(
+                results = unconfirmed,
+                "window results not confirmed published: they stay in the outbox and are published again at the next start"
+            );
+        }
     }
 
     /// Restores partition `p` from MySQL (claiming it) and publishes its outbox; returns the
@@ -105,12 +134,10 @@ impl Aggregator {
         self.stats.figures.db_retries += retries;
         let next = part.stored_offset;
         // Results committed before a crash but maybe not published: publish them again.
-        let outbox: Vec<_> = std::mem::take(&mut part.unpublished)
-            .into_iter()
-            .map(|r| (p, r))
-            .collect();
+        let outbox = std::mem::take(&mut part.unpublished);
+        self.outbox
+            .send(outbox, &mut part.delivering, &mut part.unpublished);
         self.parts.insert(p, part);
-        self.publish(outbox).await;
         Ok(next)
     }
 
@@ -145,12 +172,18 @@ impl Processor for Aggregator {
     fn revoked(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.probation.remove(p);
-            if self.parts.remove(p).is_some_and(|part| part.changed) {
+            let Some(mut part) = self.parts.remove(p) else {
+                continue;
+            };
+            if part.changed {
                 tracing::info!(
                     partition = p,
                     "revoked with unwritten changes: abandoned, the new owner reads them again"
                 );
             }
+            // Their deliveries are still waited for at a stop (and failures said).
+            self.revoked_deliveries
+                .push(std::mem::take(&mut part.delivering));
         }
     }
 

@@ -1,11 +1,13 @@
-//! Emitting windows: which windows of each spec are due (closed since the last emission, or
-//! changed in update mode), assembled from the pair's slices with a two-stack sliding
-//! aggregation, and dropping what no open window holds any more.
+//! Emitting windows: which windows of each spec are due (closed since the last emission, changed
+//! in update mode, or closed before and changed within the allowed lateness), assembled from the
+//! pair's slices with a two-stack sliding aggregation, and dropping what no admitting window
+//! holds any more.
 
 use super::{agg, specs, Agg, Emission, Mode, PairState, Specs, WindowSpec};
 
 /// Emissions of one pair: per spec, windows ending in `(from, wm]` that hold anything (final),
-/// and in update mode the open windows holding a dirty time.
+/// windows emitted final before that took an update within the allowed lateness (final again,
+/// next revision), and in update mode the open windows holding a dirty time.
 pub(super) fn emit_pair(
     state: &mut PairState,
     specs: &Specs,
@@ -19,6 +21,7 @@ pub(super) fn emit_pair(
     if quiet && state.dirty.is_empty() {
         return;
     }
+    let refire = std::mem::take(&mut state.refire);
     let mut dirty = std::mem::take(&mut state.dirty);
     dirty.sort_unstable();
     dirty.dedup();
@@ -56,9 +59,21 @@ pub(super) fn emit_pair(
             let lo = wm.saturating_sub(size).saturating_add(1);
             specs::window_starts(spec, &dirty, lo, i64::MAX, &mut starts);
         }
+        // Emitted final before, changed within the allowed lateness: final again (those it
+        // was admitted into: ending after the admission horizon when it arrived).
+        for &(time, admitted) in &refire {
+            let lo = admitted.saturating_sub(size).saturating_add(1);
+            specs::window_starts(spec, &[time], lo, from.saturating_sub(size), &mut starts);
+        }
         starts.sort_unstable();
         starts.dedup();
+        let before = out.len();
         assemble(state, spec, k == 0, &starts, wm, out);
+        for e in &mut out[before..] {
+            if e.end <= from {
+                e.revision = state.next_revision(*spec, e.start);
+            }
+        }
     }
 }
 
@@ -100,13 +115,15 @@ fn assemble(
                 end,
                 agg,
                 is_final: end <= wm,
+                revision: 0,
             });
         }
     }
 }
 
-/// Drops what no open window holds: slices and late updates whose every window has closed,
-/// windows from before slicing that closed, duplicate-log times behind `horizon`.
+/// Drops what no admitting window holds (`wm`: the admission horizon): slices and late updates
+/// whose every window ended by it, windows from before slicing likewise, revisions of windows
+/// that no longer admit, duplicate-log times behind `horizon`.
 pub(super) fn prune(state: &mut PairState, specs: &Specs, wm: i64, horizon: i64) {
     while state
         .slices
@@ -120,5 +137,8 @@ pub(super) fn prune(state: &mut PairState, specs: &Specs, wm: i64, horizon: i64)
         let size = specs.list()[0].size_us;
         s + size > wm
     });
+    state
+        .revisions
+        .retain(|(spec, start, _)| start + spec.size_us > wm);
     state.seen.prune_before(horizon);
 }

@@ -8,8 +8,14 @@
 //! - Watermark = the largest event time seen on the partition minus the allowed lateness, one for
 //!   every spec. When the partition has been idle, the caller may advance it with the wall clock
 //!   ([`PartitionEngine::advance_to`]). A window is closed once the watermark reaches its end.
-//! - An update applies to each of its windows (of every spec) that is still open. An update none
-//!   of whose windows is open is late: not applied, reported. An update some of whose windows are
+//! - Allowed lateness `L` (`--allowed-lateness`, default 0): a window closed by the watermark
+//!   still takes updates until the watermark passes its end + `L`; each such update changes the
+//!   closed window, which is emitted final again with its revision (1, 2, ...). Windows within
+//!   `L` of the watermark are "admitting"; the admission horizon ([`PartitionEngine::admits_from`])
+//!   is the watermark minus `L`, and never goes back before state was pruned (a larger `L`
+//!   given to an existing state admits more only as the watermark moves on).
+//! - An update applies to each of its windows (of every spec) that is still admitting. An update
+//!   none of whose windows is admitting is late: not applied, reported. An update some of whose windows are
 //!   closed is applied to the open ones and reported per spec that missed windows, so a batch
 //!   recomputation can exclude it from exactly the windows that missed it. Lateness is per spec:
 //!   an update can be late for `1m` and on time for `1h`.
@@ -85,6 +91,10 @@ pub struct Emission {
     pub end: i64,
     pub agg: Agg,
     pub is_final: bool,
+    /// 0 for every emission until the window's first final one (the watermark passing its end);
+    /// then 1, 2, ... for each final emission an update admitted within the allowed lateness
+    /// caused (a window that closed empty is first emitted with 1).
+    pub revision: u32,
 }
 
 /// Output mode.
@@ -111,6 +121,14 @@ pub struct Snapshot {
     /// aggregates), kept until they close.
     #[serde(default)]
     pub windows: Vec<(String, i64, Agg)>,
+    /// Closed windows emitted again within the allowed lateness: (pair text, spec, start,
+    /// revision).
+    #[serde(default)]
+    pub revisions: Vec<(String, WindowSpec, i64, u32)>,
+    /// The admission horizon state was pruned at (absent: the watermark, as before allowed
+    /// lateness).
+    #[serde(default)]
+    pub pruned_to: Option<i64>,
 }
 
 /// An update applied to the windows that were open when it arrived (at watermark `arrived`).
@@ -135,6 +153,11 @@ struct PairState {
     seen: SeenTimes,
     /// Times accepted since the last [`PartitionEngine::take_new_seen`].
     new_seen: Vec<i64>,
+    /// Closed windows emitted again: (spec, start, revision), sorted.
+    revisions: Vec<(WindowSpec, i64, u32)>,
+    /// Updates admitted into windows already emitted final, since the last emission: (time,
+    /// admission horizon then); each such window ending after the horizon is emitted again.
+    refire: Vec<(i64, i64)>,
 }
 
 impl PairState {
@@ -147,6 +170,25 @@ impl PairState {
             dirty: Vec::new(),
             seen: SeenTimes::default(),
             new_seen: Vec::new(),
+            revisions: Vec::new(),
+            refire: Vec::new(),
+        }
+    }
+
+    /// The next revision of the closed window of `spec` at `start`.
+    fn next_revision(&mut self, spec: WindowSpec, start: i64) -> u32 {
+        match self
+            .revisions
+            .binary_search_by_key(&(spec, start), |(sp, s, _)| (*sp, *s))
+        {
+            Ok(i) => {
+                self.revisions[i].2 += 1;
+                self.revisions[i].2
+            }
+            Err(i) => {
+                self.revisions.insert(i, (spec, start, 1));
+                1
+            }
         }
     }
 
@@ -175,6 +217,7 @@ impl PairState {
             && self.legacy.is_empty()
             && self.seen.is_empty()
             && self.new_seen.is_empty()
+            && self.revisions.is_empty()
     }
 }
 
@@ -183,6 +226,10 @@ impl PairState {
 pub struct PartitionEngine {
     specs: Specs,
     lateness: i64,
+    /// Allowed lateness (µs): how long after the watermark closed a window it still takes updates.
+    allowed: i64,
+    /// The admission horizon state was last pruned at: never admit before it.
+    pruned_to: i64,
     max_event: Option<i64>,
     watermark: i64,
     /// The watermark at the last emission: windows ending by it were emitted final.
@@ -199,6 +246,8 @@ impl PartitionEngine {
         PartitionEngine {
             specs,
             lateness,
+            allowed: 0,
+            pruned_to: i64::MIN,
             max_event: None,
             watermark: i64::MIN,
             emitted_to: i64::MIN,
@@ -208,8 +257,23 @@ impl PartitionEngine {
         }
     }
 
+    /// With allowed lateness `allowed` (µs): closed windows take updates until the watermark
+    /// passes their end + `allowed`.
+    pub fn with_allowed_lateness(mut self, allowed: i64) -> Self {
+        self.allowed = allowed.max(0);
+        self
+    }
+
     pub fn specs(&self) -> &Specs {
         &self.specs
+    }
+
+    /// Windows ending after this still take updates: the watermark minus the allowed lateness,
+    /// never before the horizon state was pruned at.
+    pub fn admits_from(&self) -> i64 {
+        self.watermark
+            .saturating_sub(self.allowed)
+            .max(self.pruned_to)
     }
 
     pub fn watermark(&self) -> i64 {
@@ -242,8 +306,8 @@ impl PartitionEngine {
 
     /// Applies one update.
     pub fn apply(&mut self, pair: Pair, time: i64, rate: f64) -> Applied {
-        let wm = self.watermark;
-        // Every window holding `time` is open while the watermark is before the earliest end.
+        let wm = self.admits_from();
+        // Every window holding `time` admits it while the horizon is before the earliest end.
         let on_time = time >= wm || self.specs.first_end(time) > wm;
         if !on_time && self.specs.last_end(time) <= wm {
             return Applied::Late {
@@ -276,6 +340,10 @@ impl PartitionEngine {
                 applied: true,
             }
         };
+        // Admitted into a window emitted final already (allowed lateness): emitted again.
+        if self.allowed > 0 && self.specs.first_end(time) <= self.emitted_to {
+            self.pairs[i].refire.push((time, wm));
+        }
         self.max_event = Some(self.max_event.map_or(time, |m| m.max(time)));
         self.advance_to(time.saturating_sub(self.lateness));
         outcome
@@ -304,7 +372,7 @@ impl PartitionEngine {
     /// the last emission (final). State no open window needs is dropped. Ordered: open ones,
     /// then final ones, each by (pair, spec, start).
     pub fn take_emissions(&mut self, mode: Mode) -> Vec<Emission> {
-        let (wm, from) = (self.watermark, self.emitted_to);
+        let (wm, from, admits) = (self.watermark, self.emitted_to, self.admits_from());
         let mut out = Vec::new();
         for state in &mut self.pairs {
             emit::emit_pair(state, &self.specs, from, wm, mode, &mut out);
@@ -314,9 +382,10 @@ impl PartitionEngine {
             return out; // nothing closed since the last emission: nothing to drop either
         }
         self.emitted_to = wm;
+        self.pruned_to = admits;
         let horizon = self.seen_horizon();
         for state in &mut self.pairs {
-            emit::prune(state, &self.specs, wm, horizon);
+            emit::prune(state, &self.specs, admits, horizon);
         }
         let before = self.pairs.len();
         self.pairs.retain(|s| !s.is_empty());
@@ -356,7 +425,7 @@ impl PartitionEngine {
     /// Times older than this can be dropped from the duplicate log: every window holding them
     /// has closed, so they are late before they are looked up.
     pub fn seen_horizon(&self) -> i64 {
-        self.watermark.saturating_sub(self.specs.max_size_us())
+        self.admits_from().saturating_sub(self.specs.max_size_us())
     }
 
     /// The slices, late updates and watermark, for storing with the offsets.
@@ -369,6 +438,8 @@ impl PartitionEngine {
             slices: Vec::new(),
             late: Vec::new(),
             windows: Vec::new(),
+            revisions: Vec::new(),
+            pruned_to: Some(self.pruned_to),
         };
         for s in pairs {
             let name = s.pair.to_string();
@@ -383,12 +454,17 @@ impl PartitionEngine {
             );
             snap.windows
                 .extend(s.legacy.iter().map(|(t, a)| (name.clone(), *t, *a)));
+            snap.revisions.extend(
+                s.revisions
+                    .iter()
+                    .map(|(spec, start, r)| (name.clone(), *spec, *start, *r)),
+            );
         }
         snap
     }
 
     /// Rebuilds an engine from a snapshot (taken right after an emission) and the duplicate
-    /// log's (pair, time) entries. Windows of a snapshot from before slicing belong to the
+    /// log's (pair, time) entries (allowed lateness: [`PartitionEngine::with_allowed_lateness`]). Windows of a snapshot from before slicing belong to the
     /// first spec.
     pub fn restore(
         specs: Specs,
@@ -400,6 +476,8 @@ impl PartitionEngine {
         e.max_event = snapshot.max_event;
         e.watermark = snapshot.watermark;
         e.emitted_to = snapshot.watermark;
+        // A state from before allowed lateness was pruned at its watermark.
+        e.pruned_to = snapshot.pruned_to.unwrap_or(snapshot.watermark);
         for (p, rows) in &snapshot.slices {
             let i = e.pair_index(p.parse()?);
             let slices = &mut e.pairs[i].slices;
@@ -414,18 +492,23 @@ impl PartitionEngine {
                 arrived: *arrived,
             });
         }
+        for (p, spec, start, r) in &snapshot.revisions {
+            let i = e.pair_index(p.parse()?);
+            let revisions = &mut e.pairs[i].revisions;
+            let at = revisions.partition_point(|(sp, s, _)| (sp, s) < (spec, start));
+            revisions.insert(at, (*spec, *start, *r));
+        }
         for (p, start, agg) in &snapshot.windows {
             let i = e.pair_index(p.parse()?);
             let legacy = &mut e.pairs[i].legacy;
             let at = legacy.partition_point(|(s, _)| s < start);
             legacy.insert(at, (*start, *agg));
         }
-        let horizon = e.seen_horizon();
+        // Every logged time is kept (the log holds what the writer's horizon, allowed lateness
+        // included, kept); the next emission prunes by this run's horizon.
         for (p, t) in seen {
-            if t >= horizon {
-                let i = e.pair_index(p);
-                e.pairs[i].seen.insert(t);
-            }
+            let i = e.pair_index(p);
+            e.pairs[i].seen.insert(t);
         }
         Ok(e)
     }

@@ -287,3 +287,88 @@ fn a_state_from_before_slicing_goes_on() {
     assert_eq!(got, vec![(0, 3, 16.0), (5, 3, 16.0)]);
     assert_eq!(e.slices_held(), 0);
 }
+
+#[test]
+fn allowed_lateness_refires_closed_windows_with_revisions() {
+    let p = pair("BTC/USD");
+    let mut e = PartitionEngine::new(Specs::one(WindowSpec::tumbling(MIN)), 0)
+        .with_allowed_lateness(2 * MIN);
+    e.apply(p, 10_000_000, 1.0);
+    e.apply(p, 70_000_000, 2.0); // closes [0, 1m)
+    let em = e.take_emissions(Mode::Append);
+    assert_eq!(
+        em.iter()
+            .map(|x| (x.start, x.agg.count, x.revision))
+            .collect::<Vec<_>>(),
+        vec![(0, 1, 0)]
+    );
+    // Late for the watermark, within the allowed lateness: applied, final again.
+    assert_eq!(e.apply(p, 20_000_000, 3.0), Applied::Accepted);
+    e.apply(p, 30_000_000, 4.0);
+    let em = e.take_emissions(Mode::Append);
+    assert_eq!(
+        em.iter()
+            .map(|x| (x.start, x.agg.count, x.agg.total(), x.is_final, x.revision))
+            .collect::<Vec<_>>(),
+        vec![(0, 3, 8.0, true, 1)]
+    );
+    e.apply(p, 40_000_000, 1.0);
+    let em = e.take_emissions(Mode::Update);
+    assert_eq!(
+        em.iter().map(|x| (x.start, x.revision)).collect::<Vec<_>>(),
+        vec![(0, 2)]
+    );
+    // The revisions survive a restart: the next one is 3.
+    let snap = e.snapshot();
+    let mut back =
+        PartitionEngine::restore(Specs::one(WindowSpec::tumbling(MIN)), 0, &snap, Vec::new())
+            .unwrap()
+            .with_allowed_lateness(2 * MIN);
+    assert_eq!(back.apply(p, 50_000_000, 1.0), Applied::Accepted);
+    let em = back.take_emissions(Mode::Append);
+    assert_eq!(
+        em.iter()
+            .map(|x| (x.start, x.agg.count, x.revision))
+            .collect::<Vec<_>>(),
+        vec![(0, 5, 3)]
+    );
+    // The watermark passes the end + 2 minutes: late as before, the window's state dropped.
+    e.apply(p, 4 * MIN, 1.0);
+    let _ = e.take_emissions(Mode::Append);
+    match e.apply(p, 50_000_000, 1.0) {
+        Applied::Late { applied, .. } => assert!(!applied),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.slices_held(), 1, "only the open window's slice is kept");
+}
+
+#[test]
+fn a_larger_allowed_lateness_never_admits_into_pruned_state() {
+    let p = pair("BTC/USD");
+    let mut e = PartitionEngine::new(Specs::one(WindowSpec::tumbling(MIN)), 0);
+    e.apply(p, 10_000_000, 1.0);
+    e.apply(p, 3 * MIN, 2.0); // closes [0, 1m) and drops its slice
+    let _ = e.take_emissions(Mode::Append);
+    let snap = e.snapshot();
+    // Restarted with 10 minutes allowed: the window's state is gone, so its update is late, not
+    // a "revision" holding only itself.
+    let mut e =
+        PartitionEngine::restore(Specs::one(WindowSpec::tumbling(MIN)), 0, &snap, Vec::new())
+            .unwrap()
+            .with_allowed_lateness(10 * MIN);
+    match e.apply(p, 20_000_000, 5.0) {
+        Applied::Late { applied, .. } => assert!(!applied),
+        other => panic!("{other:?}"),
+    }
+    // A window closed after the restart is admitted within the 10 minutes.
+    e.apply(p, 5 * MIN, 1.0);
+    let _ = e.take_emissions(Mode::Append);
+    assert_eq!(e.apply(p, 3 * MIN + 1, 7.0), Applied::Accepted);
+    let em = e.take_emissions(Mode::Append);
+    assert_eq!(
+        em.iter()
+            .map(|x| (x.start, x.agg.count, x.revision))
+            .collect::<Vec<_>>(),
+        vec![(3 * MIN, 2, 1)]
+    );
+}

@@ -9,7 +9,10 @@ use consumer::offsets::OffsetStore;
 use sqlx::MySqlPool;
 
 use super::{seen_codec, StoredState};
-use crate::engine::{PartitionEngine, Specs};
+use crate::{
+    engine::{PartitionEngine, Specs},
+    outbox::Encoded,
+};
 
 /// A partition as restored from MySQL.
 #[derive(Debug)]
@@ -20,7 +23,7 @@ pub struct Restored {
     pub next_offset: Option<i64>,
     pub seen_seq: i64,
     /// Results committed before but maybe not published.
-    pub unpublished: Vec<WindowResult>,
+    pub unpublished: Vec<Encoded>,
 }
 
 /// The stored spec differs from the configured one.
@@ -115,7 +118,10 @@ pub async fn restore(
         engine,
         next_offset,
         seen_seq,
-        unpublished: decode_outbox(unpublished.as_deref())?,
+        unpublished: decode_outbox(unpublished.as_deref())?
+            .iter()
+            .map(Encoded::of)
+            .collect(),
     })
 }
 
@@ -177,14 +183,14 @@ fn decode_outbox(bytes: Option<&[u8]>) -> anyhow::Result<Vec<WindowResult>> {
 }
 
 /// The outbox as a JSON array of the messages (each already JSON: nothing to escape).
-pub(super) fn encode_outbox<'a>(results: impl Iterator<Item = &'a WindowResult>) -> Vec<u8> {
+pub(super) fn encode_outbox<'a>(results: impl Iterator<Item = &'a Encoded>) -> Vec<u8> {
     let mut out = Vec::with_capacity(4096);
     out.push(b'[');
     for (i, r) in results.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(r.to_json().as_bytes());
+        out.extend_from_slice(r.json().as_bytes());
     }
     out.push(b']');
     out
@@ -197,7 +203,7 @@ mod tests {
     #[test]
     fn the_outbox_round_trips_and_tolerates_absence() {
         let r = WindowResult::from_json(br#"{"window":{"start":"2024-08-05T13:35:00Z","end":"2024-08-05T13:40:00Z"},"asset_id_base":"BTC","asset_id_quote":"USD","update_count":3,"avg_rate":2.0,"min_rate":1.0,"max_rate":3.0,"sum_rate":6.0,"is_final":true}"#).unwrap();
-        let bytes = encode_outbox([r.clone(), r.clone()].iter());
+        let bytes = encode_outbox([Encoded::of(&r), Encoded::of(&r)].iter());
         assert_eq!(
             decode_outbox(Some(&bytes)).unwrap(),
             vec![r.clone(), r.clone()]

@@ -16,7 +16,7 @@ use consumer::{
 use sqlx::{MySqlConnection, MySqlPool};
 
 use super::{restore::encode_outbox, seen_codec, to_datetime, StoredState};
-use crate::engine::Snapshot;
+use crate::{engine::Snapshot, outbox::Encoded};
 
 /// A late (or partly late) event to record.
 #[derive(Debug, Clone)]
@@ -76,14 +76,23 @@ pub struct PartFlush {
     pub seen_seq: i64,
     /// Duplicate-log entries older than this are dropped.
     pub seen_horizon: i64,
-    /// Results of earlier flushes not yet confirmed published; with this flush's `results`,
+    /// This flush's results as published, once [`PartFlush::encode`]d (in the background).
+    pub encoded: Vec<Encoded>,
+    /// Results of earlier flushes not yet confirmed published; with this flush's `encoded`,
     /// the outbox.
-    pub unpublished: Vec<WindowResult>,
+    pub unpublished: Vec<Encoded>,
     /// Dead letters this flush applies (a replay): marked replayed in its transaction.
     pub replayed: Vec<i64>,
 }
 
 impl PartFlush {
+    /// Encodes this flush's results as published (their outbox entries), once.
+    pub fn encode(&mut self) {
+        if self.encoded.len() != self.results.len() {
+            self.encoded = self.results.iter().map(Encoded::of).collect();
+        }
+    }
+
     /// The last duplicate-log entry once this flush is written.
     pub fn written_seen_seq(&self) -> i64 {
         self.seen_seq + i64::from(!self.new_seen.is_empty())
@@ -199,6 +208,10 @@ async fn write_parts(
         .iter()
         .map(|p| p.state())
         .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(
+        parts.iter().all(|p| p.encoded.len() == p.results.len()),
+        "a flush's results were not encoded for its outbox"
+    );
     let results: Vec<&WindowResult> = parts.iter().flat_map(|p| &p.results).collect();
     upsert_results(&mut *tx, group, &results).await?;
     for p in parts {
@@ -224,7 +237,7 @@ async fn write_parts(
             .bind(p.partition)
             .bind(p.written_seen_seq())
             .bind(state.as_slice())
-            .bind(encode_outbox(p.unpublished.iter().chain(&p.results)));
+            .bind(encode_outbox(p.unpublished.iter().chain(&p.encoded)));
     }
     q.execute(&mut *tx).await?;
     Ok(())
@@ -294,23 +307,25 @@ async fn owner_epochs(
 }
 
 /// Upserts window rows; `updated_at` is the database server's clock (compare reads it against
-/// that clock, whatever host the aggregator runs on).
+/// that clock, whatever host the aggregator runs on); `created_at` is set by the first write only.
 async fn upsert_results(
     conn: &mut MySqlConnection,
     group: &str,
     results: &[&WindowResult],
 ) -> Result<(), sqlx::Error> {
     for chunk in results.chunks(1000) {
-        let values =
-            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6))"; chunk.len()]
-                .join(",");
+        let values = vec![
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))";
+            chunk.len()
+        ]
+        .join(",");
         let sql = format!(
             "INSERT INTO stream_agg (consumer_group, window_us, slide_us, start_time, end_time, asset_id_base, asset_id_quote, update_count, avg_rate, \
-             min_rate, max_rate, sum_rate, first_rate, last_rate, last_event_time, is_final, updated_at) VALUES {values} \
+             min_rate, max_rate, sum_rate, first_rate, last_rate, last_event_time, is_final, revision, updated_at, created_at) VALUES {values} \
              ON DUPLICATE KEY UPDATE update_count = VALUES(update_count), avg_rate = VALUES(avg_rate), \
              min_rate = VALUES(min_rate), max_rate = VALUES(max_rate), sum_rate = VALUES(sum_rate), \
              first_rate = VALUES(first_rate), last_rate = VALUES(last_rate), last_event_time = VALUES(last_event_time), \
-             is_final = VALUES(is_final), updated_at = VALUES(updated_at)"
+             is_final = VALUES(is_final), revision = VALUES(revision), updated_at = VALUES(updated_at)"
         );
         let mut q = sqlx::query(&sql);
         for r in chunk {
@@ -330,7 +345,8 @@ async fn upsert_results(
                 .bind(r.first_rate)
                 .bind(r.last_rate)
                 .bind(r.last_event_time.unwrap_or(r.window.start).naive_utc())
-                .bind(r.is_final);
+                .bind(r.is_final)
+                .bind(r.revision);
         }
         q.execute(&mut *conn).await?;
     }
@@ -393,6 +409,7 @@ mod tests {
             new_seen: Vec::new(),
             seen_seq: 0,
             seen_horizon: 0,
+            encoded: Vec::new(),
             unpublished: Vec::new(),
             replayed: Vec::new(),
         }

@@ -145,7 +145,7 @@ struct ErrorBody {
     error: Option<String>,
 }
 
-fn error_message(body: &[u8]) -> String {
+pub(crate) fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(ErrorBody {
             message: Some(m), ..
@@ -198,26 +198,54 @@ pub fn parse_many_quotes(
     Ok((updates, bad))
 }
 
+/// What a non-200 response of any CoinAPI endpoint means.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// 401: the key is invalid.
+    InvalidKey(String),
+    /// 403 or 429: wait and ask again.
+    RateLimited { status: u16, message: String },
+    /// 550: no data.
+    NoData(String),
+    /// Another 4xx: the request is wrong.
+    Rejected { status: u16, message: String },
+    /// 5xx: retry with backoff.
+    Transient(String),
+}
+
+/// The failure a status means, `None` for 200.
+pub fn failure(status: u16, body: &[u8]) -> Option<Failure> {
+    let message = || error_message(body);
+    Some(match status {
+        200 => return None,
+        401 => Failure::InvalidKey(message()),
+        403 | 429 => Failure::RateLimited {
+            status,
+            message: message(),
+        },
+        550 => Failure::NoData(message()),
+        500..=599 => Failure::Transient(format!("HTTP {status}: {}", message())),
+        _ => Failure::Rejected {
+            status,
+            message: message(),
+        },
+    })
+}
+
 /// Interprets one HTTP response to `req`.
 pub fn classify(req: &Request, status: u16, body: &[u8], received_at: DateTime<Utc>) -> Outcome {
-    match status {
-        200 => {}
-        401 => return Outcome::InvalidKey(error_message(body)),
-        403 | 429 => {
-            return Outcome::RateLimited {
+    if let Some(f) = failure(status, body) {
+        return match f {
+            Failure::InvalidKey(m) => Outcome::InvalidKey(m),
+            Failure::RateLimited { status, message } => Outcome::RateLimited {
                 status,
-                message: error_message(body),
+                message,
                 reset: None,
-            }
-        }
-        550 => return Outcome::NoData(error_message(body)),
-        500..=599 => return Outcome::Transient(format!("HTTP {status}: {}", error_message(body))),
-        _ => {
-            return Outcome::Rejected {
-                status,
-                message: error_message(body),
-            }
-        }
+            },
+            Failure::NoData(m) => Outcome::NoData(m),
+            Failure::Rejected { status, message } => Outcome::Rejected { status, message },
+            Failure::Transient(m) => Outcome::Transient(m),
+        };
     }
     let malformed = |error: String| Outcome::Malformed {
         error,
@@ -283,7 +311,21 @@ impl CoinApiClient {
 
     /// Performs `req`; returns what it means and the quota headers seen.
     pub async fn fetch(&self, req: &Request) -> (Outcome, Quota) {
-        let url = format!("{}{}", self.base_url, req.path());
+        let (response, quota) = self.get(&req.path()).await;
+        let mut outcome = match response {
+            Ok((status, body)) => classify(req, status, &body, Utc::now()),
+            Err(e) => Outcome::Transient(e),
+        };
+        if let Outcome::RateLimited { reset, .. } = &mut outcome {
+            *reset = quota.reset;
+        }
+        (outcome, quota)
+    }
+
+    /// GETs `path` (relative to the base URL) with the key: its status and body, or what went
+    /// wrong on the way; and the quota headers seen.
+    pub async fn get(&self, path: &str) -> (Result<(u16, Vec<u8>), String>, Quota) {
+        let url = format!("{}{}", self.base_url, path);
         let response = self
             .http
             .get(&url)
@@ -295,7 +337,7 @@ impl CoinApiClient {
             Ok(r) => r,
             Err(e) => {
                 m::COINAPI_REQUESTS.with_label_values(&["error"]).inc();
-                return (Outcome::Transient(describe(&e)), Quota::default());
+                return (Err(describe(&e)), Quota::default());
             }
         };
         let status = response.status().as_u16();
@@ -308,15 +350,10 @@ impl CoinApiClient {
                 .with_label_values(m::NO_LABELS)
                 .set(remaining);
         }
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return (Outcome::Transient(describe(&e)), quota),
-        };
-        let mut outcome = classify(req, status, &body, Utc::now());
-        if let Outcome::RateLimited { reset, .. } = &mut outcome {
-            *reset = quota.reset;
+        match response.bytes().await {
+            Ok(b) => (Ok((status, b.to_vec())), quota),
+            Err(e) => (Err(describe(&e)), quota),
         }
-        (outcome, quota)
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use super::history;
 use crate::{
     publisher::Publisher,
     report::{Reporter, SourceFigures},
@@ -42,6 +43,8 @@ pub async fn run(
         base_url = %settings.coinapi_base_url,
         "polling CoinAPI"
     );
+    // The gap since each pair's last update on the topic, from CoinAPI's history, first.
+    history::backfill(settings, &mut publisher, settings.interval, &shutdown).await?;
     let mut totals = SourceFigures {
         started: Some(Instant::now()),
         ..SourceFigures::default()

@@ -97,7 +97,10 @@ fn simulate(
         };
         sim.generate_at(now, wall);
         totals.produced += 1;
-        while let Some(u) = sim.pop_ready(now) {
+        while let Some(mut u) = sim.pop_ready(now) {
+            // Received when released, as an update a feed delivers late: the hold is the
+            // network's, not the pipeline's.
+            u.received_at = Some(wall);
             publisher.send(&u)?;
         }
         if totals.produced % 1024 == 0 || per_event.is_some() {
@@ -111,7 +114,8 @@ fn simulate(
             }
         }
     }
-    for u in sim.drain() {
+    for mut u in sim.drain() {
+        u.received_at = Some(Utc::now());
         publisher.send(&u)?;
     }
     let flushed = publisher.flush(FLUSH_TIMEOUT);

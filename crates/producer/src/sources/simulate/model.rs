@@ -4,7 +4,8 @@
 //! Event times are unique per pair: each pair has a clock that advances at least 2 µs per event
 //! on even microseconds. Realism for the aggregator comes from two options:
 //! - `jitter`: each event is *released* (published) up to `jitter` after its event time, so
-//!   events of a pair arrive out of order within that bound;
+//!   events of a pair arrive out of order within that bound; the producer stamps `received_at`
+//!   at the release (a feed that delivers an update late: the hold is the network's);
 //! - `late_fraction`: that fraction of events carry a time `late_by` in the past (on odd
 //!   microseconds, so still unique) and are released at once: they arrive after newer events,
 //!   later than a watermark shorter than `late_by` allows.

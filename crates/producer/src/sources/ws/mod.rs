@@ -55,6 +55,8 @@ pub async fn run(
         backoff_initial: settings.backoff_initial,
         backoff_max: settings.backoff_max,
     });
+    // The gap since each pair's last update on the topic, from CoinAPI's REST history, first.
+    super::history::backfill(settings, &mut publisher, settings.interval, &shutdown).await?;
     tracing::info!(pairs = settings.pairs.len(), url = %settings.coinapi_ws_url, "subscribing to CoinAPI exchange rates over WebSocket");
     let mut observer = WsReporter {
         reporter,
