@@ -12,6 +12,7 @@
 #   scripts/bench-freshness.sh                 # RATE=1000 DURATION=20
 #   RATE=10000 DURATION=20 scripts/bench-freshness.sh
 #   BROKER=tansu scripts/bench-freshness.sh    # on the test broker (scripts/infra.sh) instead
+#   PROBE=0 scripts/bench-freshness.sh          # the services' own figures only (no probe's load)
 #   AGGREGATOR_BIN=path/to/stream-aggregator scripts/bench-freshness.sh   # another build beside this one
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,18 +45,23 @@ for _ in $(seq 1 300); do
   grep -q "partitions assigned" "$work/agg.log" && grep -q "partitions assigned" "$work/raw.log" && break
   sleep 0.1
 done
+PROBE=${PROBE:-1}
+if [ "$PROBE" = 1 ]; then
 ./target/release/freshness-probe --database-url "$test_url/$db" --origin received --interval "$PROBE_INTERVAL" \
   --topic "$raw_topic" --bootstrap-servers "$bootstrap" --seconds "$((DURATION + 3))s" \
   >"$work/probe.out" 2>"$work/probe.log" &
 probe_pid=$!
 pids+=("$probe_pid")
 for _ in $(seq 1 100); do grep -q "floor consumer assigned" "$work/probe.log" && break; sleep 0.1; done
+else
+  echo "PROBE=0" >"$work/probe.out"
+fi
 sleep 0.5
 ./target/release/producer --source simulate --rate "$RATE" --count $((RATE * DURATION)) --pair-count 10 \
   --topic "$raw_topic" --stats-interval 1h 2>"$work/producer.log"
 wait "$agg_pid" || { cat "$work/agg.log" >&2; exit 1; }
 wait "$raw_pid" || { cat "$work/raw.log" >&2; exit 1; }
-wait "$probe_pid" || { cat "$work/probe.log" >&2; exit 1; }
+[ "$PROBE" = 1 ] && { wait "$probe_pid" || { cat "$work/probe.log" >&2; exit 1; }; }
 read -r n p50 p95 p99 pmax <<<"$(log_fields "$work/agg.log" statistics events latency_p50_ms latency_p95_ms latency_p99_ms latency_max_ms)"
 raw=$(sql "SELECT TIMESTAMPDIFF(MICROSECOND, received_at, ingested_at) FROM \`$db\`.raw_coin_data")
 python3 - "$RATE" "$n" "$p50" "$p95" "$p99" "$pmax" "$work/probe.out" <<PY
@@ -64,16 +70,18 @@ rate, n, p50, p95, p99, pmax, probe = sys.argv[1:]
 raw = sorted(int(x) / 1000 for x in """$raw""".split())
 q = lambda p: raw[round((len(raw) - 1) * p)]
 out = dict(kv.split("=") for kv in open(probe).read().split())
+probed = out.get("PROBE") != "0"
 r = f"{int(rate):,}/s"
 print("| path (from the producer's receipt) | updates | p50 ms | p95 ms | p99 ms | max ms |")
 print("|---|---|---|---|---|---|")
 def row(name, pre):
     print(f"| {name} | {int(out[pre + 'updates']):,} | {float(out[pre + 'p50']):.1f} | {float(out[pre + 'p95']):.1f} | {float(out[pre + 'p99']):.1f} | {float(out[pre + 'max']):.1f} |")
-row(f"outside: plain consumer of the raw topic receives it (floor, {r})", "floor_")
-row(f"outside: its raw_coin_data row visible ({r})", "raw_")
-row(f"outside: its stream_agg window row shows it ({r})", "")
+if probed:
+    row(f"outside: plain consumer of the raw topic receives it (floor, {r})", "floor_")
+    row(f"outside: its raw_coin_data row visible ({r})", "raw_")
+    row(f"outside: its stream_agg window row shows it ({r})", "")
 print(f"| inside: stream_agg row committed (aggregator's statistics, {r}) | {int(n):,} | {float(p50):.1f} | {float(p95):.1f} | {float(p99):.1f} | {float(pmax):.1f} |")
 print(f"| inside: raw_coin_data row inserted (ingested_at, {r}) | {len(raw):,} | {q(0.5):.1f} | {q(0.95):.1f} | {q(0.99):.1f} | {raw[-1]:.1f} |")
-if int(out["unobserved"]):
+if probed and int(out["unobserved"]):
     print(f"\n{int(out['unobserved']):,} updates were not observed in a window row by the probe")
 PY
