@@ -4,6 +4,7 @@
 #
 #   scripts/bench-raw-consumer.sh                 # 1,000,000 updates; baseline on 20,000
 #   COUNT=200000 BASELINE_COUNT=5000 scripts/bench-raw-consumer.sh
+#   RAW_CONSUMER_BIN=path/to/raw-consumer scripts/bench-raw-consumer.sh   # another build, same conditions
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${COUNT:-1000000}
@@ -29,7 +30,7 @@ DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap ./target/release
 
 echo "draining with raw-consumer" >&2
 unset KAFKA_PRODUCER_PROPERTIES
-DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json ./target/release/raw-consumer \
+DATABASE_URL="$test_url/$db" KAFKA_BOOTSTRAP_SERVERS=$bootstrap LOG_FORMAT=json "${RAW_CONSUMER_BIN:-./target/release/raw-consumer}" \
   --topic bench_raw --group "bench-$stamp" --exit-idle 3s --batch-size "$BATCH_SIZE" --stats-interval 1h 2>"$work/raw.log" \
   || { cat "$work/raw.log" >&2; exit 1; }
 rows=$(sql "SELECT COUNT(*) FROM \`$db\`.raw_coin_data")

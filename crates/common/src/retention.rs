@@ -55,16 +55,6 @@ pub struct RetentionArgs {
     pub prune_interval: Duration,
 }
 
-impl RetentionArgs {
-    /// Retention off: nothing is pruned.
-    pub fn off() -> Self {
-        RetentionArgs {
-            retention: Duration::ZERO,
-            prune_interval: Duration::from_secs(600),
-        }
-    }
-}
-
 /// The rows of one table a service prunes: those of its `scope` whose `column` is older than the
 /// cutoff.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@
 
 use testkit::{
     service_command,
-    services::{log_dir, log_to, pipeline_command},
+    services::{log_dir, log_to, pipeline_command, wait_for},
     TestDb, TestKafka,
 };
 
@@ -57,14 +57,13 @@ async fn late_updates_within_the_allowed_lateness_reach_their_windows() {
             "20s",
         ],
     );
-    let status = tokio::task::spawn_blocking(move || {
-        let mut producer = producer;
-        producer.wait()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(status.success(), "producer (logs: {})", logs.display());
+    let mut producer = producer;
+    let status = wait_for(&mut producer, std::time::Duration::from_secs(120)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "producer (logs: {})",
+        logs.display()
+    );
     for c in consumers.iter_mut() {
         assert!(c.wait().unwrap().success(), "logs: {}", logs.display());
     }

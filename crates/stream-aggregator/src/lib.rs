@@ -121,7 +121,7 @@ pub async fn run(settings: Settings, ctx: Context) -> anyhow::Result<()> {
     let mut aggregator =
         Aggregator::new(config, pool.clone(), offsets, outbox, ctx.health.clone())?;
     let result = consumer::run(&mut aggregator, &target, &pool, &settings.consumer, &ctx).await;
-    aggregator.settle(SETTLE_LIMIT).await;
+    aggregator.settle(SETTLE_LIMIT);
     if let Some(pruner) = pruner {
         pruner.abort();
     }

@@ -4,14 +4,14 @@
 //! at least once on the topic, and the update counter's upsert makes repeats harmless.
 //!
 //! Publishing never holds the consume loop: results are handed to the producer and their
-//! deliveries are looked at when the partition's next flush is prepared ([`reap`]). A result
-//! whose delivery is not confirmed by then stays in that flush's outbox (without being sent
-//! again); one whose delivery failed is sent again after that flush commits.
+//! deliveries are looked at when the partition's next flush is prepared ([`Deliveries::reap`]).
+//! A result whose delivery is not confirmed by then stays in that flush's outbox (without being
+//! sent again); one whose delivery failed is sent again after that flush commits.
 
 use std::{sync::Arc, time::Duration};
 
 use common::window::WindowResult;
-use futures::{stream::FuturesUnordered, FutureExt, StreamExt};
+use futures::FutureExt;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 /// A result as published: its key and message JSON (also its outbox entry), encoded once.
@@ -51,14 +51,6 @@ impl Deliveries {
         self.0.iter().map(|(e, _)| e)
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// Looks at the deliveries without waiting: confirmed ones are dropped, failed ones move to
     /// `failed`, the rest stay.
     pub fn reap(&mut self, failed: &mut Vec<Encoded>) {
@@ -76,25 +68,6 @@ impl Deliveries {
                 false
             }
         });
-    }
-
-    /// Waits up to `limit` for every delivery (at a stop); returns how many were not confirmed.
-    pub async fn settle(self, limit: Duration) -> usize {
-        let mut waits: FuturesUnordered<_> = self.0.into_iter().map(|(_, d)| d).collect();
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut failed = 0;
-        loop {
-            match tokio::time::timeout_at(deadline, waits.next()).await {
-                Ok(Some(Ok(Ok(_)))) => {}
-                Ok(Some(Ok(Err((error, _))))) => {
-                    tracing::warn!(%error, "publishing a window result failed at the stop; its outbox publishes it at the next start");
-                    failed += 1;
-                }
-                Ok(Some(Err(_))) => failed += 1,
-                Ok(None) => return failed,
-                Err(_) => return failed + waits.len(),
-            }
-        }
     }
 }
 

@@ -63,8 +63,6 @@ pub struct Aggregator {
     received: Vec<(i32, Vec<i64>)>,
     /// What the flush in flight held, per partition.
     in_flight: BTreeMap<i32, flush::InFlight>,
-    /// Deliveries of results of partitions revoked since (waited for at a stop).
-    revoked_deliveries: Vec<crate::outbox::Deliveries>,
 }
 
 impl Aggregator {
@@ -88,7 +86,6 @@ impl Aggregator {
             pending: 0,
             received: Vec::new(),
             in_flight: BTreeMap::new(),
-            revoked_deliveries: Vec::new(),
         })
     }
 
@@ -99,28 +96,22 @@ impl Aggregator {
         self.stats.snapshot(open, watermarks)
     }
 
-    /// At a stop: waits up to `limit` for the deliveries of published results. Those not
-    /// confirmed stay in their partition's outbox and are published again at the next start.
-    pub async fn settle(&mut self, limit: std::time::Duration) {
-        // Every queued message, those of partitions revoked at the stop included (the process
-        // would drop them on exit: their outbox publishes them again, later than newer ones).
+    /// At a stop: waits up to `limit` for every message handed to the producer (those of
+    /// partitions revoked at the stop included, which the process would drop on exit), then says
+    /// how many results were not confirmed: they stay in their partition's outbox and are
+    /// published again at the next start.
+    pub fn settle(&mut self, limit: std::time::Duration) {
         let outbox = &self.outbox;
-        if !tokio::task::block_in_place(|| outbox.flush(limit)) {
-            tracing::warn!(limit = ?limit, "window results still queued for the output topic at the stop");
-        }
+        let flushed = tokio::task::block_in_place(|| outbox.flush(limit));
         let mut unconfirmed = 0;
-        let short = std::time::Duration::from_millis(100);
         for part in self.parts.values_mut() {
-            unconfirmed += part.unpublished.len();
-            unconfirmed += std::mem::take(&mut part.delivering).settle(short).await;
+            part.delivering.reap(&mut part.unpublished);
+            unconfirmed += part.unpublished.len() + part.delivering.pending().count();
         }
-        for d in std::mem::take(&mut self.revoked_deliveries) {
-            unconfirmed += d.settle(short).await;
-        }
-        if unconfirmed > 0 {
+        if !flushed || unconfirmed > 0 {
             tracing::warn!(
-                results = unconfirmed,
-                "window results not confirmed published: they stay in the outbox and are published again at the next start"
+                results = unconfirmed, limit = ?limit,
+                "window results not confirmed published at the stop: they stay in the outbox and are published again at the next start"
             );
         }
     }
@@ -172,18 +163,14 @@ impl Processor for Aggregator {
     fn revoked(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.probation.remove(p);
-            let Some(mut part) = self.parts.remove(p) else {
-                continue;
-            };
-            if part.changed {
+            // Its results in flight are delivered anyway (a stop flushes the producer); the new
+            // owner publishes its outbox again.
+            if self.parts.remove(p).is_some_and(|part| part.changed) {
                 tracing::info!(
                     partition = p,
                     "revoked with unwritten changes: abandoned, the new owner reads them again"
                 );
             }
-            // Their deliveries are still waited for at a stop (and failures said).
-            self.revoked_deliveries
-                .push(std::mem::take(&mut part.delivering));
         }
     }
 
