@@ -15,7 +15,7 @@ use sqlx::MySqlPool;
 use crate::{
     engine::PartitionEngine,
     outbox::{Deliveries, Encoded},
-    store::{self, LateRow, Restored},
+    store::{self, LateRow, LogMarks, Restored},
     Config,
 };
 
@@ -32,6 +32,8 @@ pub struct Part {
     /// The first offset handled since the restore (where to read again when nothing is stored).
     pub first_read: Option<i64>,
     pub seen_seq: i64,
+    /// Where the duplicate log can be cut.
+    pub seen_marks: LogMarks,
     pub last_event: Instant,
     pub late: Vec<LateRow>,
     pub dead: Vec<DeadLetter>,
@@ -47,7 +49,9 @@ pub struct Part {
 }
 
 impl Part {
-    fn new(restored: Restored) -> Self {
+    fn new(restored: Restored, config: &Config) -> Self {
+        let step = (config.specs.max_size_us() + config.lateness_us + config.allowed_us) / 64;
+        let step = step.max(1_000_000);
         Part {
             epoch: restored.epoch,
             engine: restored.engine,
@@ -55,6 +59,7 @@ impl Part {
             stored_offset: restored.next_offset,
             first_read: None,
             seen_seq: restored.seen_seq,
+            seen_marks: LogMarks::of_entries(step, restored.seen_entries),
             last_event: Instant::now(),
             late: Vec::new(),
             dead: Vec::new(),
@@ -82,5 +87,5 @@ pub async fn restore(
     let mut restored = restored;
     restored.engine = restored.engine.with_allowed_lateness(config.allowed_us);
     tracing::info!(partition = p, next_offset = ?restored.next_offset, slices = restored.engine.slices_held(), unpublished = restored.unpublished.len(), "partition state restored");
-    Ok((Part::new(restored), retries))
+    Ok((Part::new(restored, config), retries))
 }

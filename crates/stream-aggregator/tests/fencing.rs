@@ -50,7 +50,7 @@ fn flush(
         dead: Vec::new(),
         new_seen: engine.take_new_seen(),
         seen_seq,
-        seen_horizon: i64::MIN,
+        seen_cut: None,
         encoded: Vec::new(),
         unpublished: Vec::new(),
         replayed: Vec::new(),

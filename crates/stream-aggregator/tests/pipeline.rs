@@ -5,6 +5,8 @@
 //! once, it drains within 60 s. One group computing several specs (`--windows`) beside another
 //! group on the same database: every group's and spec's rows equal the batch recomputation of
 //! that spec, with the late updates of that spec excluded from exactly the windows they missed.
+//! The duplicate log is cut as the watermark passes it, by a restarted instance too (what a killed
+//! one left), and it is empty once the windows have closed.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -339,6 +341,24 @@ async fn killed_and_restarted_equals_uninterrupted_and_batch() {
         &reference,
         "after kills vs uninterrupted",
     );
+    // The duplicate log was cut as the watermark passed its entries (once idle, past them all),
+    // also by instances that found it as a killed one left it.
+    for (db, what) in [(&clean, "uninterrupted"), (&killed, "after kills")] {
+        let (entries, flushes): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM aggregator_seen), (SELECT CAST(SUM(seen_seq) AS SIGNED) FROM aggregator_state)",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert!(
+            flushes >= 3,
+            "{what}: {flushes} duplicate-log entries written"
+        );
+        assert_eq!(
+            entries, 0,
+            "{what}: duplicate-log entries left behind the watermark"
+        );
+    }
 
     // Two instances sharing the group.
     let shared = TestDb::new().await;
@@ -571,4 +591,113 @@ async fn allowed_lateness_admits_late_updates_and_emits_windows_again() {
         let key = (b, q, s.and_utc().timestamp());
         assert_eq!(revisions.get(&key), Some(&(revision as u32)), "{key:?}");
     }
+}
+
+/// One second of event time of every pair, `n` seconds after `start`: 10 updates a pair.
+fn second_of(start: DateTime<Utc>, n: i64) -> Vec<RateUpdate> {
+    let mut out = Vec::new();
+    for k in 0..10i64 {
+        for (i, pair) in PAIRS.iter().enumerate() {
+            let t = start
+                + chrono::Duration::seconds(n)
+                + chrono::Duration::milliseconds(k * 100)
+                + chrono::Duration::microseconds(i as i64);
+            let rate = 100.0 + (n * 10 + k) as f64;
+            out.push(RateUpdate::new(t, pair.parse().unwrap(), rate, Some(Utc::now())).unwrap());
+        }
+    }
+    out
+}
+
+/// Entries in the duplicate log, and the next offset stored for the topic's partition.
+async fn seen_log(db: &TestDb) -> (Vec<i64>, i64) {
+    let entries: Vec<i64> = sqlx::query_scalar("SELECT max_time_us FROM aggregator_seen")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let next: Option<i64> = sqlx::query_scalar("SELECT MAX(next_offset) FROM kafka_offsets")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    (entries, next.unwrap_or(0))
+}
+
+/// Publishes seconds `from..to` one at a time (a flush each), then waits until they are written;
+/// returns the duplicate log's entries.
+async fn publish_seconds(
+    kafka: &TestKafka,
+    topic: &str,
+    db: &TestDb,
+    start: DateTime<Utc>,
+    seconds: std::ops::Range<i64>,
+) -> Vec<i64> {
+    let end = seconds.end;
+    for n in seconds {
+        kafka.produce(topic, &messages(&second_of(start, n))).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let want = end * 50;
+    for _ in 0..600 {
+        let (entries, next) = seen_log(db).await;
+        if next >= want {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the aggregator did not write offset {want} within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_duplicate_log_is_cut_behind_the_watermark_across_a_kill() {
+    let (db, kafka) = (TestDb::new().await, TestKafka::new());
+    let topic = kafka.create_topic("raw", 1).await;
+    let group = kafka.group("seen");
+    let start = DateTime::from_timestamp(1_722_864_000, 0).unwrap();
+    // The windows close with event time only (no idle advance in this test's time): times older
+    // than the watermark (5 s) and a window (10 s) behind the newest are no longer needed.
+    let spawn = || {
+        let bin = env!("CARGO_BIN_EXE_stream-aggregator");
+        consumer_command(bin, &db, &kafka, &topic, &group)
+            .args(["--output-topic", &format!("{topic}-out"), "--window", "10s"])
+            .args([
+                "--watermark",
+                "5s",
+                "--idle-timeout",
+                "10m",
+                "--flush-interval",
+                "50ms",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let kept_from = |newest: i64| (start.timestamp() + newest - 5 - 10 - 2) * 1_000_000;
+    let mut child = spawn();
+    let entries = publish_seconds(&kafka, &topic, &db, start, 0..40).await;
+    // One entry a flush, about one a second of event time: at most the 17 newest seconds left.
+    assert!(
+        !entries.is_empty() && entries.len() <= 20,
+        "duplicate-log entries after 40 s of event time: {}",
+        entries.len()
+    );
+    assert!(entries.iter().all(|t| *t >= kept_from(39)), "{entries:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // A restarted instance cuts what the killed one left, as the watermark passes it.
+    let mut child = spawn();
+    let entries = publish_seconds(&kafka, &topic, &db, start, 40..70).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !entries.is_empty() && entries.len() <= 20,
+        "duplicate-log entries after 70 s of event time: {}",
+        entries.len()
+    );
+    assert!(entries.iter().all(|t| *t >= kept_from(69)), "{entries:?}");
+    let seq: i64 = sqlx::query_scalar("SELECT seen_seq FROM aggregator_state")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(seq >= 50, "one entry a flush: {seq} written");
 }

@@ -134,6 +134,12 @@ impl Aggregator {
             };
             part.stored_offset = Some(f.next_offset);
             part.seen_seq = f.written_seen_seq();
+            if let Some(cut) = f.seen_cut {
+                part.seen_marks.deleted(cut);
+            }
+            if let Some(max) = f.new_seen_max() {
+                part.seen_marks.written(f.written_seen_seq(), max);
+            }
             // Earlier failures, then this flush's results: all in the outbox just committed.
             // Published without waiting: their deliveries are looked at by the next flush.
             let mut items = std::mem::take(&mut part.unpublished);
@@ -250,7 +256,7 @@ pub(crate) fn part_flush(part: &mut Part, p: i32, config: &Config) -> Option<Par
         dead: std::mem::take(&mut part.dead),
         new_seen: part.engine.take_new_seen(),
         seen_seq: part.seen_seq,
-        seen_horizon: part.engine.seen_horizon(),
+        seen_cut: part.seen_marks.cut(part.engine.seen_horizon()),
         encoded: Vec::new(),
         // Failed and not yet confirmed: the outbox keeps them until a delivery is confirmed.
         unpublished: part

@@ -8,6 +8,7 @@
 //! committed but not confirmed published) is a JSON array of the results' message JSON. Offsets
 //! live in `kafka_offsets` ([`OffsetStore`]), like every service's.
 
+mod log_marks;
 mod restore;
 mod seen_codec;
 mod write;
@@ -19,6 +20,7 @@ use sqlx::MySqlPool;
 
 use crate::engine::Snapshot;
 
+pub use log_marks::LogMarks;
 pub use restore::{restore, Restored, SpecMismatch};
 pub use write::{standing, write_flush, FlushOutcome, LateRow, PartFlush, Standing};
 

@@ -22,6 +22,8 @@ pub struct Restored {
     pub engine: PartitionEngine,
     pub next_offset: Option<i64>,
     pub seen_seq: i64,
+    /// The duplicate log's entries as (seq, largest time), in sequence order.
+    pub seen_entries: Vec<(i64, i64)>,
     /// Results committed before but maybe not published.
     pub unpublished: Vec<Encoded>,
 }
@@ -100,11 +102,12 @@ pub async fn restore(
             engine: PartitionEngine::new(specs.clone(), lateness),
             next_offset,
             seen_seq: 0,
+            seen_entries: Vec::new(),
             unpublished: Vec::new(),
         });
     };
-    let logs: Vec<(Vec<u8>,)> = sqlx::query_as(
-        "SELECT times FROM aggregator_seen WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? ORDER BY seq",
+    let logs: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, max_time_us, times FROM aggregator_seen WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? ORDER BY seq",
     )
     .bind(group)
     .bind(topic)
@@ -118,6 +121,7 @@ pub async fn restore(
         engine,
         next_offset,
         seen_seq,
+        seen_entries: logs.iter().map(|(seq, max, _)| (*seq, *max)).collect(),
         unpublished: decode_outbox(unpublished.as_deref())?
             .iter()
             .map(Encoded::of)
@@ -130,7 +134,7 @@ fn decode_engine(
     group: &str,
     partition: i32,
     state: &[u8],
-    logs: &[(Vec<u8>,)],
+    logs: &[(i64, i64, Vec<u8>)],
     specs: &Specs,
     lateness: i64,
 ) -> anyhow::Result<PartitionEngine> {
@@ -147,7 +151,7 @@ fn decode_engine(
         .into());
     }
     let mut seen: Vec<(Pair, i64)> = Vec::new();
-    for (bytes,) in logs {
+    for (_, _, bytes) in logs {
         seen.extend(seen_codec::decode(bytes).ok_or_else(|| {
             anyhow::anyhow!("aggregator_seen of partition {partition} is corrupt")
         })?);

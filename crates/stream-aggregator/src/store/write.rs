@@ -74,8 +74,8 @@ pub struct PartFlush {
     pub new_seen: Vec<(Pair, Vec<i64>)>,
     /// The last duplicate-log entry written.
     pub seen_seq: i64,
-    /// Duplicate-log entries older than this are dropped.
-    pub seen_horizon: i64,
+    /// Duplicate-log entries up to this one are dropped (all behind the engine's horizon).
+    pub seen_cut: Option<i64>,
     /// This flush's results as published, once [`PartFlush::encode`]d (in the background).
     pub encoded: Vec<Encoded>,
     /// Results of earlier flushes not yet confirmed published; with this flush's `encoded`,
@@ -96,6 +96,15 @@ impl PartFlush {
     /// The last duplicate-log entry once this flush is written.
     pub fn written_seen_seq(&self) -> i64 {
         self.seen_seq + i64::from(!self.new_seen.is_empty())
+    }
+
+    /// The largest time of this flush's duplicate-log entry (`None`: it writes none).
+    pub fn new_seen_max(&self) -> Option<i64> {
+        self.new_seen
+            .iter()
+            .filter_map(|(_, t)| t.last())
+            .max()
+            .copied()
     }
 
     fn state(&self) -> anyhow::Result<Vec<u8>> {
@@ -243,8 +252,8 @@ async fn write_parts(
     Ok(())
 }
 
-/// Appends each partition's duplicate-log entry of this flush and drops entries behind its
-/// horizon.
+/// Appends each partition's duplicate-log entry of this flush and drops the entries its cut
+/// names (by primary key; most flushes have none to drop).
 async fn write_seen(
     conn: &mut MySqlConnection,
     group: &str,
@@ -273,13 +282,20 @@ async fn write_seen(
         }
         q.execute(&mut *conn).await?;
     }
-    let behind = vec!["(kafka_partition = ? AND max_time_us < ?)"; parts.len()].join(" OR ");
+    let cuts: Vec<(i32, i64)> = parts
+        .iter()
+        .filter_map(|p| Some((p.partition, p.seen_cut?)))
+        .collect();
+    if cuts.is_empty() {
+        return Ok(());
+    }
+    let behind = vec!["(kafka_partition = ? AND seq <= ?)"; cuts.len()].join(" OR ");
     let sql = format!(
         "DELETE FROM aggregator_seen WHERE consumer_group = ? AND topic = ? AND ({behind})"
     );
     let mut q = sqlx::query(&sql).bind(group).bind(topic);
-    for p in parts {
-        q = q.bind(p.partition).bind(p.seen_horizon);
+    for (p, cut) in cuts {
+        q = q.bind(p).bind(cut);
     }
     q.execute(&mut *conn).await?;
     Ok(())
@@ -408,7 +424,7 @@ mod tests {
             dead: Vec::new(),
             new_seen: Vec::new(),
             seen_seq: 0,
-            seen_horizon: 0,
+            seen_cut: None,
             encoded: Vec::new(),
             unpublished: Vec::new(),
             replayed: Vec::new(),
