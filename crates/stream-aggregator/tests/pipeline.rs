@@ -647,6 +647,22 @@ async fn publish_seconds(
     panic!("the aggregator did not write offset {want} within 30 s");
 }
 
+/// Waits until the partition was claimed `n` times (an instance restored it and will apply what
+/// is published next).
+async fn claimed(db: &TestDb, n: i64) {
+    for _ in 0..600 {
+        let epoch: Option<i64> = sqlx::query_scalar("SELECT MAX(epoch) FROM aggregator_owner")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if epoch.unwrap_or(0) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the partition was not claimed {n} times within 30 s");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_duplicate_log_is_cut_behind_the_watermark_across_a_kill() {
     let (db, kafka) = (TestDb::new().await, TestKafka::new());
@@ -672,8 +688,10 @@ async fn the_duplicate_log_is_cut_behind_the_watermark_across_a_kill() {
             .spawn()
             .unwrap()
     };
+    // What may be left: the watermark, the window and about one step (1 s) of marks, plus 1 s.
     let kept_from = |newest: i64| (start.timestamp() + newest - 5 - 10 - 2) * 1_000_000;
     let mut child = spawn();
+    claimed(&db, 1).await;
     let entries = publish_seconds(&kafka, &topic, &db, start, 0..40).await;
     // One entry a flush, about one a second of event time: at most the 17 newest seconds left.
     assert!(
@@ -684,20 +702,22 @@ async fn the_duplicate_log_is_cut_behind_the_watermark_across_a_kill() {
     assert!(entries.iter().all(|t| *t >= kept_from(39)), "{entries:?}");
     child.kill().unwrap();
     child.wait().unwrap();
-    // A restarted instance cuts what the killed one left, as the watermark passes it.
+    // A restarted instance cuts what the killed one left as the watermark passes it, before any
+    // entry of its own is that old (the marks are rebuilt from the table at the restore).
     let mut child = spawn();
-    let entries = publish_seconds(&kafka, &topic, &db, start, 40..70).await;
+    claimed(&db, 2).await;
+    let entries = publish_seconds(&kafka, &topic, &db, start, 40..50).await;
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
         !entries.is_empty() && entries.len() <= 20,
-        "duplicate-log entries after 70 s of event time: {}",
+        "duplicate-log entries after 50 s of event time: {}",
         entries.len()
     );
-    assert!(entries.iter().all(|t| *t >= kept_from(69)), "{entries:?}");
+    assert!(entries.iter().all(|t| *t >= kept_from(49)), "{entries:?}");
     let seq: i64 = sqlx::query_scalar("SELECT seen_seq FROM aggregator_state")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert!(seq >= 50, "one entry a flush: {seq} written");
+    assert!(seq >= 30, "about one entry a flush: {seq} written");
 }
