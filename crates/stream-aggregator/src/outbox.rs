@@ -24,7 +24,12 @@ pub struct Encoded {
 impl Encoded {
     pub fn of(r: &WindowResult) -> Self {
         Encoded {
-            key: format!("{}/{}", r.base, r.quote).into(),
+            key: common::Pair {
+                base: r.base,
+                quote: r.quote,
+            }
+            .to_string()
+            .into(),
             json: r.to_json().into(),
         }
     }

@@ -149,10 +149,9 @@ async fn write(
     };
     let n = replayed.len() as u64;
     flush.replayed = replayed;
-    flush.encode();
     let mut retrier = Retrier::new(Some(ctx.health.clone()));
     loop {
-        match store::write_flush(pool, offsets, SERVICE, std::slice::from_ref(&flush)).await {
+        match store::write_flush(pool, offsets, SERVICE, std::slice::from_mut(&mut flush)).await {
             Ok(FlushOutcome::Committed) => {
                 outcome.applied += n;
                 tracing::info!(partition = p, letters = n, "dead letters replayed");

@@ -37,7 +37,7 @@ fn flush(
         .iter()
         .map(|e| to_result(e, &GROUP.into()))
         .collect();
-    let mut f = PartFlush {
+    PartFlush {
         partition: 0,
         epoch,
         base_offset: base,
@@ -54,9 +54,7 @@ fn flush(
         encoded: Vec::new(),
         unpublished: Vec::new(),
         replayed: Vec::new(),
-    };
-    f.encode();
-    f
+    }
 }
 
 fn offsets() -> OffsetStore {
@@ -70,7 +68,7 @@ async fn restore(db: &TestDb) -> store::Restored {
 }
 
 async fn write(db: &TestDb, f: &PartFlush) -> FlushOutcome {
-    store::write_flush(&db.pool, &offsets(), "test", std::slice::from_ref(f))
+    store::write_flush(&db.pool, &offsets(), "test", &mut [f.clone()])
         .await
         .unwrap()
 }

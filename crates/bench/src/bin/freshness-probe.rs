@@ -125,11 +125,10 @@ async fn watch(pool: &sqlx::MySqlPool, args: &Args) -> anyhow::Result<Watched> {
 fn floor(bootstrap: &str, topic: &str, origin: Origin, until: Instant) -> anyhow::Result<Vec<i64>> {
     use rdkafka::{
         consumer::{BaseConsumer, Consumer},
-        ClientConfig, Message, Offset, TopicPartitionList,
+        Message, Offset, TopicPartitionList,
     };
-    let mut config = common::kafka::consumer_config(bootstrap, "freshness-probe");
-    config.set("enable.auto.commit", "false");
-    let consumer: BaseConsumer = ClientConfig::clone(&config).create()?;
+    let consumer: BaseConsumer =
+        common::kafka::consumer_config(bootstrap, "freshness-probe").create()?;
     let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut tpl = TopicPartitionList::new();
     for p in md.topics().iter().flat_map(|t| t.partitions()) {

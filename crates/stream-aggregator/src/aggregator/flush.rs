@@ -290,17 +290,13 @@ fn write_parts(
             retries: 0,
             took: Duration::ZERO,
         };
-        let mut flushes = flushes;
-        for f in &mut flushes {
-            f.encode();
-        }
         // Groups written in one transaction each, the next one last.
         let mut todo = vec![flushes];
         while let Some(mut group) = todo.pop() {
             if group.is_empty() {
                 continue;
             }
-            let e = match store::write_flush(&pool, &offsets, SERVICE, &group).await {
+            let e = match store::write_flush(&pool, &offsets, SERVICE, &mut group).await {
                 Ok(FlushOutcome::Committed) => {
                     retrier.succeeded();
                     written.committed.extend(group);

@@ -76,7 +76,7 @@ pub struct PartFlush {
     pub seen_seq: i64,
     /// Duplicate-log entries up to this one are dropped (all behind the engine's horizon).
     pub seen_cut: Option<i64>,
-    /// This flush's results as published, once [`PartFlush::encode`]d (in the background).
+    /// This flush's results as published, encoded by [`write_flush`] (in the background).
     pub encoded: Vec<Encoded>,
     /// Results of earlier flushes not yet confirmed published; with this flush's `encoded`,
     /// the outbox.
@@ -87,7 +87,7 @@ pub struct PartFlush {
 
 impl PartFlush {
     /// Encodes this flush's results as published (their outbox entries), once.
-    pub fn encode(&mut self) {
+    fn encode(&mut self) {
         if self.encoded.len() != self.results.len() {
             self.encoded = self.results.iter().map(Encoded::of).collect();
         }
@@ -154,14 +154,19 @@ pub fn standing(f: &PartFlush, epoch: Option<i64>, stored: Option<i64>) -> Stand
     }
 }
 
-/// Writes a flush in one transaction. Database errors are `sqlx::Error`s (classified by the
-/// caller); anything else (state that cannot be encoded) is not worth retrying.
+/// Writes a flush in one transaction, its results encoded for the outbox first (once: a retry
+/// reuses them). Database errors are `sqlx::Error`s (classified by the caller); anything else
+/// (state that cannot be encoded) is not worth retrying.
 pub async fn write_flush(
     pool: &MySqlPool,
     offsets: &OffsetStore,
     service: &str,
-    parts: &[PartFlush],
+    parts: &mut [PartFlush],
 ) -> anyhow::Result<FlushOutcome> {
+    for p in parts.iter_mut() {
+        p.encode();
+    }
+    let parts = &*parts;
     let (group, topic) = (offsets.group(), offsets.topic());
     let partitions: Vec<i32> = parts.iter().map(|p| p.partition).collect();
     // The consumers' write protocol (`OffsetTx`): owner rows first, then offsets (the same lock
@@ -217,10 +222,6 @@ async fn write_parts(
         .iter()
         .map(|p| p.state())
         .collect::<anyhow::Result<_>>()?;
-    anyhow::ensure!(
-        parts.iter().all(|p| p.encoded.len() == p.results.len()),
-        "a flush's results were not encoded for its outbox"
-    );
     let results: Vec<&WindowResult> = parts.iter().flat_map(|p| &p.results).collect();
     upsert_results(&mut *tx, group, &results).await?;
     for p in parts {
@@ -268,7 +269,8 @@ async fn write_seen(
     if !logs.is_empty() {
         let values = vec!["(?, ?, ?, ?, ?, ?)"; logs.len()].join(",");
         let sql = format!(
-            "INSERT INTO aggregator_seen (consumer_group, topic, kafka_partition, seq, max_time_us, times) VALUES {values}"
+            "INSERT INTO aggregator_seen (consumer_group, topic, kafka_partition, seq, max_time_us, times) VALUES {values} \
+             ON DUPLICATE KEY UPDATE max_time_us = VALUES(max_time_us), times = VALUES(times)"
         );
         let mut q = sqlx::query(&sql);
         for (p, (bytes, max_time)) in &logs {

@@ -73,8 +73,15 @@ pub enum HistoryError {
     },
     #[error(transparent)]
     Publish(#[from] PublishError),
-    #[error("stopped by a signal")]
-    Stopped,
+    #[error("stopped by a signal before the history of {pair} from {from}: run again with --since {from} for it and the pairs after it")]
+    Stopped { pair: Pair, from: String },
+}
+
+fn stopped(pair: Pair, from: DateTime<Utc>) -> HistoryError {
+    HistoryError::Stopped {
+        pair,
+        from: common::model::format_time(from),
+    }
 }
 
 /// Progress of a history run, logged every few seconds.
@@ -124,6 +131,7 @@ impl Progress {
             requests = self.requests,
             credits = self.credits,
             published = self.published,
+            periods_without_close = self.skipped_items,
             seconds_left = left.map(|s| s.round() as u64),
             "{what}"
         );
@@ -175,6 +183,9 @@ impl History {
     ) -> Result<(), HistoryError> {
         let mut start = from;
         while start < to {
+            if shutdown.is_cancelled() {
+                return Err(stopped(pair, start));
+            }
             let page = match self.page(pair, start, to, progress, shutdown).await? {
                 Some(page) => page,
                 None => return Ok(()), // no data for the rest of the range
@@ -269,7 +280,7 @@ impl History {
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = shutdown.cancelled() => return Err(HistoryError::Stopped),
+                () = shutdown.cancelled() => return Err(stopped(pair, start)),
             }
         }
     }
@@ -333,7 +344,10 @@ pub async fn backfill(
     if max.is_zero() {
         return Ok(());
     }
-    let last = tail::last_times(&settings.kafka, &settings.topic, &settings.pairs)?;
+    // A blocking read of the topic's tail (librdkafka polls), off the async workers.
+    let last = tokio::task::block_in_place(|| {
+        tail::last_times(&settings.kafka, &settings.topic, &settings.pairs)
+    })?;
     let now = Utc::now();
     let floor = now - max;
     let history = History {
@@ -378,8 +392,9 @@ pub async fn backfill(
         match filled {
             Ok(()) => {}
             Err(
-                e
-                @ (HistoryError::InvalidKey(_) | HistoryError::Publish(_) | HistoryError::Stopped),
+                e @ (HistoryError::InvalidKey(_)
+                | HistoryError::Publish(_)
+                | HistoryError::Stopped { .. }),
             ) => return Err(e.into()),
             // Live updates go on; the gap stays, said loudly with how to fill it.
             Err(e) => tracing::error!(

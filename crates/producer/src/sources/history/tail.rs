@@ -24,9 +24,8 @@ pub fn last_times(
     topic: &str,
     pairs: &[Pair],
 ) -> anyhow::Result<HashMap<Pair, DateTime<Utc>>> {
-    let mut config = kafka.client_config()?;
-    config.set("enable.auto.commit", "false");
-    let config = common::kafka::consumer_defaults(config, "coinstream-producer-tail");
+    let config =
+        common::kafka::consumer_defaults(kafka.client_config()?, "coinstream-producer-tail");
     let consumer: BaseConsumer = config.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
     let mut ranges = Vec::new();
